@@ -1,0 +1,1 @@
+"""Ray Serve text-to-speech application: engines, fallback router, FastAPI ingress, sessions."""

@@ -1,0 +1,127 @@
+"""How the router talks to an engine: in-process, through a Serve DeploymentHandle, or not at all.
+
+The router only sees `EngineClient`. In the cluster each engine is a Serve deployment reached via
+its handle (streaming); tests and the benchmarks can compose the same router over local engines;
+an engine that is not deployed (Zonos on a CPU-only cluster) is an `UnavailableEngineClient` that
+reports why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, runtime_checkable
+
+from serve_app.engines.base import Engine, EngineCheck, EngineUnavailable, Voice
+
+
+@runtime_checkable
+class EngineClient(Protocol):
+    name: str
+
+    def stream(self, text: str, voice: str | None, *, language: str | None, speed: float) -> AsyncIterator[bytes]:
+        """PCM s16le mono chunks at `sample_rate()`."""
+        ...
+
+    async def sample_rate(self) -> int: ...
+
+    async def voices(self) -> list[Voice]: ...
+
+    async def check(self) -> EngineCheck: ...
+
+    @property
+    def deployed(self) -> bool: ...
+
+
+class LocalEngineClient:
+    """An engine object in this process (tests, benchmarks, single-process runs)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.name = engine.name
+
+    @property
+    def deployed(self) -> bool:
+        return True
+
+    def stream(self, text: str, voice: str | None, *, language: str | None, speed: float) -> AsyncIterator[bytes]:
+        return self.engine.synthesize(text, voice, language=language, speed=speed)
+
+    async def sample_rate(self) -> int:
+        return self.engine.sample_rate
+
+    async def voices(self) -> list[Voice]:
+        return self.engine.voices()
+
+    async def check(self) -> EngineCheck:
+        return await self.engine.check()
+
+
+class HandleEngineClient:
+    """An engine deployment behind a Serve `DeploymentHandle` (see `serve_app.deployments`)."""
+
+    def __init__(self, name: str, handle: Any) -> None:
+        self.name = name
+        self._handle = handle
+        self._info: dict[str, Any] | None = None
+
+    @property
+    def deployed(self) -> bool:
+        return True
+
+    async def _load_info(self) -> dict[str, Any]:
+        if self._info is None:
+            self._info = await self._handle.info.remote()
+        return self._info
+
+    async def stream(
+        self, text: str, voice: str | None, *, language: str | None, speed: float
+    ) -> AsyncIterator[bytes]:
+        generator = self._handle.options(stream=True).synthesize.remote(text, voice, language, speed)
+        try:
+            async for chunk in generator:
+                yield chunk
+        finally:
+            # Stop the replica's work when the caller goes away or fails over.
+            cancel = getattr(generator, "cancel", None)
+            if cancel is not None:
+                cancel()
+
+    async def sample_rate(self) -> int:
+        return int((await self._load_info())["sample_rate"])
+
+    async def voices(self) -> list[Voice]:
+        return [Voice(**v) for v in (await self._load_info())["voices"]]
+
+    async def check(self) -> EngineCheck:
+        try:
+            result = await self._handle.check.remote()
+        except Exception as exc:  # the replica itself is gone: that is the answer
+            return EngineCheck(self.name, False, f"{type(exc).__name__}: {str(exc)[:200]}")
+        return EngineCheck(**result)
+
+
+class UnavailableEngineClient:
+    """An engine that is configured in the chain but not deployed here, with the reason."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+
+    @property
+    def deployed(self) -> bool:
+        return False
+
+    async def stream(
+        self, text: str, voice: str | None, *, language: str | None, speed: float
+    ) -> AsyncIterator[bytes]:
+        raise EngineUnavailable(self.reason)
+        yield b""  # pragma: no cover - makes this an async generator
+
+    async def sample_rate(self) -> int:
+        return 16000
+
+    async def voices(self) -> list[Voice]:
+        return []
+
+    async def check(self) -> EngineCheck:
+        return EngineCheck(self.name, False, self.reason)

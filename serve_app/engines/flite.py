@@ -1,0 +1,212 @@
+"""Flite: the offline, CPU-only last resort of the fallback chain.
+
+Two backends with the same output:
+- `library` calls libflite in-process through ctypes: no process start and no voice load per
+  request (the voice is registered once per replica). libflite keeps global state, so calls are
+  serialised by a lock and run in a worker thread to keep the event loop free; scale with replicas.
+- `binary` runs the `flite` executable with an argument list (never a shell). The text is passed
+  as the value of `-t`, so a text starting with `-` is spoken, never parsed as an option.
+`auto` (the default) prefers the library and falls back to the binary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import io
+import logging
+import shutil
+import threading
+import wave
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from config.logging import truncate
+from serve_app.engines.base import Engine, EngineCheck, EngineUnavailable, InvalidInput, Voice
+from serve_app.voices import voices_for
+
+logger = logging.getLogger(__name__)
+
+# Voices compiled into Debian's flite, and the shared library that registers each.
+FLITE_VOICE_LIBRARIES: dict[str, str] = {
+    "slt": "cmu_us_slt",
+    "rms": "cmu_us_rms",
+    "awb": "cmu_us_awb",
+    "kal": "cmu_us_kal",
+    "kal16": "cmu_us_kal16",
+}
+SPEED_RANGE = (0.25, 4.0)
+
+
+class _CstWave(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_char_p),
+        ("sample_rate", ctypes.c_int),
+        ("num_samples", ctypes.c_int),
+        ("num_channels", ctypes.c_int),
+        ("samples", ctypes.POINTER(ctypes.c_short)),
+    ]
+
+
+class _CstVoice(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("features", ctypes.c_void_p)]
+
+
+class FliteBackend(Protocol):
+    """Synthesizes one text to (sample_rate, pcm bytes)."""
+
+    kind: str
+
+    async def render(self, text: str, voice: str, speed: float) -> tuple[int, bytes]: ...
+
+
+class FliteLibrary:
+    """libflite through ctypes; raises OSError at construction when the library is missing."""
+
+    kind = "library"
+
+    def __init__(self) -> None:
+        name = ctypes.util.find_library("flite") or "libflite.so.1"
+        self._lib = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+        self._lib.flite_init()
+        self._lib.flite_text_to_wave.restype = ctypes.POINTER(_CstWave)
+        self._lib.flite_text_to_wave.argtypes = [ctypes.c_char_p, ctypes.POINTER(_CstVoice)]
+        self._lib.delete_wave.argtypes = [ctypes.POINTER(_CstWave)]
+        self._lib.feat_set_float.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_float]
+        self._voices: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _voice(self, voice: str) -> Any:
+        if voice not in self._voices:
+            stem = FLITE_VOICE_LIBRARIES[voice]
+            lib = ctypes.CDLL(ctypes.util.find_library(f"flite_{stem}") or f"libflite_{stem}.so.1")
+            register = getattr(lib, f"register_{stem}")
+            register.restype = ctypes.POINTER(_CstVoice)
+            register.argtypes = [ctypes.c_char_p]
+            handle = register(None)
+            if not handle:
+                raise EngineUnavailable(f"flite voice {voice} failed to register")
+            self._voices[voice] = handle
+        return self._voices[voice]
+
+    def available_voices(self) -> list[str]:
+        found = []
+        for voice, stem in FLITE_VOICE_LIBRARIES.items():
+            if ctypes.util.find_library(f"flite_{stem}"):
+                found.append(voice)
+        return found
+
+    def _render_blocking(self, text: str, voice: str, speed: float) -> tuple[int, bytes]:
+        with self._lock:
+            handle = self._voice(voice)
+            self._lib.feat_set_float(handle.contents.features, b"duration_stretch", 1.0 / speed)
+            wav = self._lib.flite_text_to_wave(text.encode("utf-8", "replace"), handle)
+            if not wav:
+                raise EngineUnavailable("flite returned no wave")
+            try:
+                w = wav.contents
+                pcm = ctypes.string_at(w.samples, w.num_samples * 2 * max(1, w.num_channels))
+                return int(w.sample_rate), pcm
+            finally:
+                self._lib.delete_wave(wav)
+
+    async def render(self, text: str, voice: str, speed: float) -> tuple[int, bytes]:
+        return await asyncio.to_thread(self._render_blocking, text, voice, speed)
+
+
+class FliteBinary:
+    """The `flite` executable, started per request with an argument list."""
+
+    kind = "binary"
+
+    def __init__(self, binary: str = "flite") -> None:
+        path = shutil.which(binary)
+        if path is None:
+            raise FileNotFoundError(f"flite binary '{binary}' not found on PATH (apt-get install flite)")
+        self.path = path
+
+    def argv(self, text: str, voice: str, speed: float) -> list[str]:
+        """The exact argument vector; `-t` consumes the next element, so `-x` texts stay text."""
+        return [
+            self.path, "-voice", voice, "--setf", f"duration_stretch={1.0 / speed:.4f}",
+            "-o", "/dev/stdout", "-t", text,
+        ]
+
+    async def render(self, text: str, voice: str, speed: float) -> tuple[int, bytes]:
+        proc = await asyncio.create_subprocess_exec(
+            *self.argv(text, voice, speed),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await proc.communicate()
+        except asyncio.CancelledError:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+        if proc.returncode != 0 or len(out) < 44:
+            raise EngineUnavailable(f"flite exited {proc.returncode}: {err.decode(errors='replace')[:200]}")
+        with wave.open(io.BytesIO(out)) as wav:
+            return wav.getframerate(), wav.readframes(wav.getnframes())
+
+
+class FliteEngine(Engine):
+    """Flite as an `Engine`: one sentence in, its PCM out."""
+
+    name = "flite"
+    sample_rate = 16000
+
+    def __init__(self, *, binary: str = "flite", default_voice: str = "slt", backend: str = "auto") -> None:
+        self.default_voice = default_voice
+        self._problem: str | None = None
+        self._backend: FliteBackend | None = None
+        errors: list[str] = []
+        if backend in ("auto", "library"):
+            try:
+                self._backend = FliteLibrary()
+            except OSError as exc:
+                errors.append(f"libflite: {exc}")
+        if self._backend is None and backend in ("auto", "binary"):
+            try:
+                self._backend = FliteBinary(binary)
+            except FileNotFoundError as exc:
+                errors.append(str(exc))
+        if self._backend is None:
+            self._problem = "; ".join(errors) or "no flite backend"
+            logger.warning("flite unavailable: %s", self._problem)
+        else:
+            logger.debug("flite backend: %s", self._backend.kind)
+
+    @property
+    def backend(self) -> str | None:
+        return self._backend.kind if self._backend else None
+
+    def voices(self) -> list[Voice]:
+        ids = [self.default_voice] + [v for v in FLITE_VOICE_LIBRARIES if v != self.default_voice]
+        catalogued = {v.id: v for v in voices_for(self.name)}
+        return [catalogued.get(v, Voice(v, self.name, v)) for v in ids]
+
+    async def check(self) -> EngineCheck:
+        if self._backend is None:
+            return EngineCheck(self.name, False, self._problem)
+        return EngineCheck(self.name, True, None, {"backend": self._backend.kind})
+
+    async def synthesize(
+        self, text: str, voice: str | None = None, *, language: str | None = None, speed: float = 1.0
+    ) -> AsyncIterator[bytes]:
+        if self._backend is None:
+            raise EngineUnavailable(self._problem or "flite unavailable")
+        if not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]:
+            raise InvalidInput(f"speed must be between {SPEED_RANGE[0]} and {SPEED_RANGE[1]}")
+        chosen = self.resolve_voice(voice)
+        logger.debug("flite synthesize voice=%s text=%s", chosen, truncate(text))
+        rate, pcm = await self._backend.render(text, chosen, speed)
+        if rate != self.sample_rate:
+            # kal is an 8 kHz voice: resample here so the engine keeps one advertised rate.
+            from serve_app.audio import resample_pcm
+
+            pcm = resample_pcm(pcm, rate, self.sample_rate)
+        yield pcm

@@ -1,0 +1,216 @@
+"""The FastAPI ingress: routes, CORS, body limits, errors; and its Serve deployment.
+
+`create_app()` builds a plain FastAPI app (tests and plain uvicorn use it directly);
+`Ingress` is the Serve deployment that owns the in-process `FallbackRouter` over the engines'
+deployment handles. The app is built on the replica by a builder function, so settings (and
+their failsafes) are read where the code runs, not where `serve run` was typed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from ray import serve
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from config.cors import cors_policy
+from config.logging import configure_from_settings
+from config.settings import Settings, get_settings
+from serve_app.api import health, speech
+from serve_app.api.deps import Services, check_auth_settings, get_services, set_services
+from serve_app.api.errors import error_body, install_error_handlers
+from serve_app.engine_client import EngineClient, HandleEngineClient, UnavailableEngineClient
+from serve_app.router import FallbackRouter, RouterConfig
+
+logger = logging.getLogger(__name__)
+
+# Lifespan hooks other layers register (the database layer: open pool, migrate, start sweeper).
+LifespanHook = Callable[[Services], Awaitable[Callable[[], Awaitable[None]] | None]]
+_lifespan_hooks: list[LifespanHook] = []
+
+
+def register_lifespan_hook(hook: LifespanHook) -> None:
+    """Run `hook(services)` at start; the coroutine it returns (if any) runs at shutdown."""
+    if hook not in _lifespan_hooks:
+        _lifespan_hooks.append(hook)
+
+
+class BodySizeLimit:
+    """Rejects bodies over `limit` bytes with 413 before the route reads them (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp, limit: int, upload_limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.upload_limit = upload_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        limit = self.upload_limit if content_type.startswith("multipart/") else self.limit
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _send_413(send, limit)
+            return
+        received = 0
+        responded = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal responded
+            if message["type"] == "http.response.start":
+                responded = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not responded:
+                await _send_413(send, limit)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _send_413(send: Send, limit: int) -> None:
+    import json
+
+    body = json.dumps(error_body(413, f"request body exceeds {limit} bytes", "request_too_large")).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def ensure_services(settings: Settings) -> Services:
+    """The process's Services, created on first use (the replica's __init__ or the lifespan)."""
+    try:
+        return get_services()
+    except Exception:
+        services = Services(settings=settings)
+        set_services(services)
+        return services
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The FastAPI application; raises at build time when a production failsafe is not satisfied."""
+    settings = settings or get_settings()
+    policy = cors_policy(settings)  # raises CorsConfigurationError in production without origins
+    check_auth_settings(settings)  # raises AuthConfigurationError in production without keys
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        services = ensure_services(settings)
+        closers: list[Callable[[], Awaitable[None]]] = []
+        for hook in list(_lifespan_hooks):
+            closer = await hook(services)
+            if closer is not None:
+                closers.append(closer)
+        try:
+            yield
+        finally:
+            for closer in reversed(closers):
+                with contextlib.suppress(Exception):
+                    await closer()
+
+    app = FastAPI(
+        title="voice-tts-serve",
+        version="0.1.0",
+        description="OpenAI-compatible text-to-speech on Ray Serve: Zonos, Edge TTS and Flite behind a fallback router.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(speech.router)
+    _include_optional_routes(app)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=policy.allow_origins,
+        allow_credentials=policy.allow_credentials,
+        allow_methods=policy.allow_methods,
+        allow_headers=policy.allow_headers,
+        expose_headers=policy.expose_headers,
+        max_age=policy.max_age,
+    )
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
+
+    @app.middleware("http")
+    async def request_id(request: Any, call_next: Any) -> Any:
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = rid[:64]
+        return response
+
+    return app
+
+
+def _include_optional_routes(app: FastAPI) -> None:
+    """Route modules of later layers (sessions, voice upload) register themselves if present."""
+    import importlib
+
+    for module_name in ("serve_app.api.sessions", "serve_app.api.voice_upload"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        app.include_router(module.router)
+        setup = getattr(module, "setup", None)
+        if setup is not None:
+            setup(app)
+
+
+def build_clients(handles: dict[str, Any], unavailable: dict[str, str]) -> dict[str, EngineClient]:
+    clients: dict[str, EngineClient] = {}
+    for name, handle in handles.items():
+        if handle is not None:
+            clients[name] = HandleEngineClient(name, handle)
+    for name, reason in unavailable.items():
+        clients.setdefault(name, UnavailableEngineClient(name, reason))
+    return clients
+
+
+def _app_builder() -> FastAPI:
+    configure_from_settings()
+    return create_app(get_settings())
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(_app_builder)
+class Ingress:
+    """Owns the router over the engine handles; the routes reach it through `get_services()`."""
+
+    def __init__(
+        self,
+        zonos: Any = None,
+        edge: Any = None,
+        flite: Any = None,
+        unavailable: dict[str, str] | None = None,
+    ) -> None:
+        settings = get_settings()
+        clients = build_clients({"zonos": zonos, "edge": edge, "flite": flite}, unavailable or {})
+        services = ensure_services(settings)
+        services.router = FallbackRouter(clients, RouterConfig.from_settings(settings))
+        logger.info("ingress ready; chain=%s", ",".join(services.router.chain))

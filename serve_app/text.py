@@ -1,0 +1,94 @@
+"""Text handling before synthesis: validation, normalisation and sentence splitting.
+
+Sentence splitting is what makes long inputs start as fast as short ones: the router speaks
+the first sentence while the next ones are being synthesized. Over-long sentences are cut at
+clause boundaries (then at spaces) so no single chunk delays the first byte.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from serve_app.engines.base import InvalidInput
+
+# Control characters except tab/newline/carriage return are rejected, not silently spoken.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_WS = re.compile(r"\s+")
+# A sentence ends at . ! ? (or their CJK/ellipsis forms), optionally followed by closing quotes
+# or brackets, then whitespace. Common abbreviations are protected below.
+_SENTENCE_END = re.compile(r"(?<=[.!?\u2026\u3002\uff01\uff1f])[\"'\u201d\u2019)\]]*\s+")
+_ABBREVIATIONS = {
+    "mr.", "mrs.", "ms.", "dr.", "prof.", "sr.", "jr.", "st.", "vs.", "etc.", "e.g.", "i.e.",
+    "inc.", "ltd.", "co.", "no.", "fig.", "approx.", "dept.", "mt.", "u.s.", "a.m.", "p.m.",
+}
+_CLAUSE_BREAK = re.compile(r"(?<=[,;:\u2014])\s+")
+
+
+def normalize(text: str, *, max_chars: int) -> str:
+    """Validate and normalise user text; raises `InvalidInput` with a message a caller can act on."""
+    if not isinstance(text, str):
+        raise InvalidInput("input must be a string")
+    if _CONTROL.search(text):
+        raise InvalidInput("input contains control characters")
+    text = unicodedata.normalize("NFC", text)
+    text = _WS.sub(" ", text).strip()
+    if not text:
+        raise InvalidInput("input is empty")
+    if len(text) > max_chars:
+        raise InvalidInput(f"input is {len(text)} characters; the limit is {max_chars}")
+    if not any(ch.isalnum() for ch in text):
+        raise InvalidInput("input has nothing to speak (no letters or digits)")
+    return text
+
+
+def split_sentences(text: str, *, max_chars: int = 250) -> list[str]:
+    """Split normalised text into speakable sentences, each at most `max_chars` characters."""
+    pieces: list[str] = []
+    buffer = ""
+    for part in _SENTENCE_END.split(text):
+        part = part.strip()
+        if not part:
+            continue
+        buffer = f"{buffer} {part}".strip() if buffer else part
+        last_word = buffer.rsplit(" ", 1)[-1].lower()
+        if last_word in _ABBREVIATIONS or _is_initial(last_word):
+            continue
+        pieces.append(buffer)
+        buffer = ""
+    if buffer:
+        pieces.append(buffer)
+    out: list[str] = []
+    for sentence in pieces:
+        out.extend(_bound(sentence, max_chars))
+    return [s for s in out if any(ch.isalnum() for ch in s)] or ([text[:max_chars]] if text else [])
+
+
+def _is_initial(word: str) -> bool:
+    """`J.` in `J. Smith`: a single letter followed by a period is not a sentence end."""
+    return len(word) == 2 and word[0].isalpha() and word[1] == "."
+
+
+def _bound(sentence: str, max_chars: int) -> list[str]:
+    """Cut an over-long sentence at clause breaks, then at spaces, then hard."""
+    if len(sentence) <= max_chars:
+        return [sentence]
+    chunks: list[str] = []
+    current = ""
+    for clause in _CLAUSE_BREAK.split(sentence):
+        candidate = f"{current} {clause}".strip() if current else clause
+        if len(candidate) <= max_chars:
+            current = candidate
+            continue
+        if current:
+            chunks.append(current)
+        current = ""
+        while len(clause) > max_chars:
+            cut = clause.rfind(" ", 0, max_chars)
+            cut = cut if cut > max_chars // 3 else max_chars
+            chunks.append(clause[:cut].strip())
+            clause = clause[cut:].strip()
+        current = clause
+    if current:
+        chunks.append(current)
+    return chunks
