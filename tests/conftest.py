@@ -1,0 +1,111 @@
+"""Shared fixtures. One real Ray cluster and one real Serve application per test run.
+
+Environment is set before Ray starts so replicas inherit it: a throwaway SQLite database,
+ENV=test, and short breaker cooldowns so recovery tests do not wait long.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+TEST_ENV = {
+    "ENV": "test",
+    "LOG_LEVEL": "INFO",
+    "TTS_BREAKER_COOLDOWN_S": "1.0",
+    "TTS_BREAKER_MAX_COOLDOWN_S": "4.0",
+    "TTS_TTFB_TIMEOUT_S": "3.0",
+    "TTS_STALL_TIMEOUT_S": "3.0",
+    "SESSION_SWEEP_INTERVAL_S": "1.0",
+    "ENV_FILE": "/nonexistent/.env",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2.0).status_code < 500:
+                return
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.25)
+    raise RuntimeError(f"{url} did not come up: {last}")
+
+
+@pytest.fixture(scope="session")
+def test_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(test_data_dir: Path) -> Iterator[None]:
+    """A private local Ray cluster (random ports; Redis on 6379 is untouched)."""
+    import ray
+
+    env = dict(TEST_ENV)
+    env.setdefault("DATABASE_URL", f"sqlite+aiosqlite:///{test_data_dir}/sessions.db")
+    env.setdefault("ZONOS_VOICES_DIR", str(test_data_dir / "voices"))
+    env.setdefault("AGENT_OUTBOX_PATH", str(test_data_dir / "outbox.jsonl"))
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    from config.settings import get_settings
+
+    get_settings.cache_clear()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        from ray import serve
+
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            for key, value in old.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_cluster: None) -> int:
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port
+
+
+@pytest.fixture(scope="session")
+def serve_url(serve_port: int) -> str:
+    """The real application (serve_app.app:build_app) running in Serve, at the root route."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    serve.run(build_app({}), name="tts", route_prefix="/", blocking=False)
+    url = f"http://127.0.0.1:{serve_port}"
+    wait_http(f"{url}/health")
+    return url
+
+
+@pytest.fixture
+def client(serve_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=serve_url, timeout=60.0) as c:
+        yield c
