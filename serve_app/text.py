@@ -46,13 +46,14 @@ def split_sentences(text: str, *, max_chars: int = 250) -> list[str]:
     """Split normalised text into speakable sentences, each at most `max_chars` characters."""
     pieces: list[str] = []
     buffer = ""
-    for part in _SENTENCE_END.split(text):
-        part = part.strip()
-        if not part:
-            continue
+    parts = [p.strip() for p in _SENTENCE_END.split(text) if p.strip()]
+    for i, part in enumerate(parts):
         buffer = f"{buffer} {part}".strip() if buffer else part
         last_word = buffer.rsplit(" ", 1)[-1].lower()
         if last_word in _ABBREVIATIONS or _is_initial(last_word):
+            continue
+        # "early... as usual": a lower-case continuation is the same sentence.
+        if i + 1 < len(parts) and parts[i + 1][:1].islower():
             continue
         pieces.append(buffer)
         buffer = ""
