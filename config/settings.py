@@ -145,6 +145,17 @@ class Settings(BaseSettings):
     livekit_url: str | None = None
     livekit_api_key: str | None = None
     livekit_api_secret: str | None = None
+    agent_tts_model: str = "tts-1"
+    agent_tts_language: str | None = None
+    agent_api_timeout_s: float = Field(10.0, gt=0)
+    agent_finalize_max_backoff_s: float = Field(8.0, gt=0)
+    agent_outbox_replay_interval_s: float = Field(30.0, gt=0)
+    agent_instructions: str = "You are a friendly voice assistant. Answer briefly, in plain spoken sentences."
+    agent_vad: str = Field("silero", pattern="^(silero|none)$")
+    agent_job_executor: str = Field("process", pattern="^(process|thread)$")
+    agent_num_idle_processes: int = Field(1, ge=0, le=64)
+    agent_drain_timeout_s: int = Field(600, ge=1)
+    agent_actor_num_cpus: float = Field(1.0, gt=0)
 
     @field_validator("cors_allowed_origins", "api_keys", "tts_engine_chain", mode="before")
     @classmethod
