@@ -85,22 +85,22 @@ def ray_cluster(test_data_dir: Path) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def serve_port(ray_cluster: None) -> int:
+    """The HTTP port of this run's Serve proxy; Serve starts here so every app shares it."""
     from ray import serve
 
+    from serve_app.launch import load_config
+
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(http_options=load_config(port=port, host="127.0.0.1").http_options.model_dump())
     return port
 
 
 @pytest.fixture(scope="session")
 def serve_url(serve_port: int) -> str:
     """The real application (serve_app.app:build_app) running in Serve, at the root route."""
-    from ray import serve
+    from serve_app.launch import deploy_config, load_config
 
-    from serve_app.app import build_app
-
-    serve.run(build_app({}), name="tts", route_prefix="/", blocking=False)
-    url = f"http://127.0.0.1:{serve_port}"
+    url = deploy_config(load_config(port=serve_port, host="127.0.0.1"))
     wait_http(f"{url}/health")
     return url
 
