@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     zonos_voices_dir: str = "./data/voices"
     zonos_seed: int | None = None
     zonos_warmup: bool = True
+    zonos_voice_cache_size: int = Field(64, ge=1, le=4096)
+    zonos_voices_max: int = Field(1000, ge=1)
 
     # Edge TTS (first fallback, CPU + network)
     edge_enabled: bool = True
@@ -100,6 +102,8 @@ class Settings(BaseSettings):
     edge_connect_timeout_s: float = Field(5.0, gt=0)
     edge_receive_timeout_s: float = Field(10.0, gt=0)
     edge_proxy: str | None = None
+    edge_wss_url: str | None = Field(None, pattern=r"^wss?://")
+    edge_check_ttl_s: float = Field(30.0, ge=0)
 
     # Flite (last resort, CPU, offline)
     flite_enabled: bool = True
