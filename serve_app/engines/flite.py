@@ -19,10 +19,11 @@ import logging
 import shutil
 import threading
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from config.logging import truncate
+from serve_app.audio import StreamResampler
 from serve_app.engines.base import Engine, EngineCheck, EngineUnavailable, InvalidInput, Voice
 from serve_app.voices import voices_for
 
@@ -53,16 +54,39 @@ class _CstVoice(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p), ("features", ctypes.c_void_p)]
 
 
+class _StreamingInfo(ctypes.Structure):
+    _fields_ = [
+        ("min_buffsize", ctypes.c_int),
+        ("asc", ctypes.c_void_p),
+        ("utt", ctypes.c_void_p),
+        ("item", ctypes.c_void_p),
+        ("userdata", ctypes.c_void_p),
+    ]
+
+
+# int asc(const cst_wave *w, int start, int size, int last, cst_audio_streaming_info *asi)
+_STREAM_CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(_CstWave), ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p
+)
+_STREAM_CONTINUE, _STREAM_STOP = 0, -1
+_STREAM_MIN_SAMPLES = 2048  # ~128 ms at 16 kHz: the first chunk leaves long before the sentence ends
+_DONE = object()
+
+
 class FliteBackend(Protocol):
-    """Synthesizes one text to (sample_rate, pcm bytes)."""
+    """Synthesizes one text to a stream of (sample_rate, pcm bytes) pieces."""
 
     kind: str
 
-    async def render(self, text: str, voice: str, speed: float) -> tuple[int, bytes]: ...
+    def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[tuple[int, bytes]]: ...
 
 
 class FliteLibrary:
-    """libflite through ctypes; raises OSError at construction when the library is missing."""
+    """libflite through ctypes; raises OSError at construction when the library is missing.
+
+    Audio streams out of the synthesis loop through flite's audio-streaming callback, so the first
+    chunk of a sentence is ready after roughly a third of the time the whole sentence takes.
+    """
 
     kind = "library"
 
@@ -74,6 +98,11 @@ class FliteLibrary:
         self._lib.flite_text_to_wave.argtypes = [ctypes.c_char_p, ctypes.POINTER(_CstVoice)]
         self._lib.delete_wave.argtypes = [ctypes.POINTER(_CstWave)]
         self._lib.feat_set_float.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_float]
+        self._lib.feat_set.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+        self._lib.feat_remove.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        self._lib.new_audio_streaming_info.restype = ctypes.POINTER(_StreamingInfo)
+        self._lib.audio_streaming_info_val.restype = ctypes.c_void_p
+        self._lib.audio_streaming_info_val.argtypes = [ctypes.POINTER(_StreamingInfo)]
         self._voices: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -90,29 +119,69 @@ class FliteLibrary:
             self._voices[voice] = handle
         return self._voices[voice]
 
-    def available_voices(self) -> list[str]:
-        found = []
-        for voice, stem in FLITE_VOICE_LIBRARIES.items():
-            if ctypes.util.find_library(f"flite_{stem}"):
-                found.append(voice)
-        return found
+    def _synthesize_blocking(
+        self, text: str, voice: str, speed: float, emit: Callable[[int, bytes], None], cancelled: threading.Event
+    ) -> None:
+        """Runs in a worker thread; `emit` is called from flite's callback for every piece."""
 
-    def _render_blocking(self, text: str, voice: str, speed: float) -> tuple[int, bytes]:
+        def on_audio(wave_ptr: Any, start: int, size: int, _last: int, _asi: Any) -> int:
+            if cancelled.is_set():
+                return _STREAM_STOP
+            if size > 0:
+                w = wave_ptr.contents
+                address = ctypes.addressof(w.samples.contents) + start * 2
+                emit(int(w.sample_rate), ctypes.string_at(address, size * 2))
+            return _STREAM_CONTINUE
+
+        callback = _STREAM_CALLBACK(on_audio)
         with self._lock:
             handle = self._voice(voice)
-            self._lib.feat_set_float(handle.contents.features, b"duration_stretch", 1.0 / speed)
-            wav = self._lib.flite_text_to_wave(text.encode("utf-8", "replace"), handle)
-            if not wav:
-                raise EngineUnavailable("flite returned no wave")
+            features = handle.contents.features
+            self._lib.feat_set_float(features, b"duration_stretch", 1.0 / speed)
+            info = self._lib.new_audio_streaming_info()
+            info.contents.min_buffsize = _STREAM_MIN_SAMPLES
+            info.contents.asc = ctypes.cast(callback, ctypes.c_void_p)
+            self._lib.feat_set(features, b"streaming_info", self._lib.audio_streaming_info_val(info))
             try:
-                w = wav.contents
-                pcm = ctypes.string_at(w.samples, w.num_samples * 2 * max(1, w.num_channels))
-                return int(w.sample_rate), pcm
+                wav = self._lib.flite_text_to_wave(text.encode("utf-8", "replace"), handle)
             finally:
+                # Frees the streaming info; the voice must not keep a pointer to our callback.
+                self._lib.feat_remove(features, b"streaming_info")
+            if wav:
                 self._lib.delete_wave(wav)
+            elif not cancelled.is_set():
+                raise EngineUnavailable("flite returned no wave")
 
-    async def render(self, text: str, voice: str, speed: float) -> tuple[int, bytes]:
-        return await asyncio.to_thread(self._render_blocking, text, voice, speed)
+    async def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[tuple[int, bytes]]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def emit(rate: int, pcm: bytes) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (rate, pcm))
+
+        async def run() -> None:
+            try:
+                await asyncio.to_thread(self._synthesize_blocking, text, voice, speed, emit, cancelled)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+        worker = asyncio.ensure_future(run())
+        try:
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    break
+                rate, pcm = item
+                # Coalesce what is already waiting: fewer, larger messages through Serve.
+                while not queue.empty() and queue._queue[0] is not _DONE:  # type: ignore[attr-defined]
+                    pcm += queue.get_nowait()[1]
+                yield rate, pcm
+            await worker  # re-raises a synthesis error
+        finally:
+            cancelled.set()
+            if not worker.done():
+                await asyncio.shield(worker)
 
 
 class FliteBinary:
@@ -133,7 +202,7 @@ class FliteBinary:
             "-o", "/dev/stdout", "-t", text,
         ]
 
-    async def render(self, text: str, voice: str, speed: float) -> tuple[int, bytes]:
+    async def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[tuple[int, bytes]]:
         proc = await asyncio.create_subprocess_exec(
             *self.argv(text, voice, speed),
             stdin=asyncio.subprocess.DEVNULL,
@@ -150,7 +219,7 @@ class FliteBinary:
         if proc.returncode != 0 or len(out) < 44:
             raise EngineUnavailable(f"flite exited {proc.returncode}: {err.decode(errors='replace')[:200]}")
         with wave.open(io.BytesIO(out)) as wav:
-            return wav.getframerate(), wav.readframes(wav.getnframes())
+            yield wav.getframerate(), wav.readframes(wav.getnframes())
 
 
 class FliteEngine(Engine):
@@ -203,10 +272,15 @@ class FliteEngine(Engine):
             raise InvalidInput(f"speed must be between {SPEED_RANGE[0]} and {SPEED_RANGE[1]}")
         chosen = self.resolve_voice(voice)
         logger.debug("flite synthesize voice=%s text=%s", chosen, truncate(text))
-        rate, pcm = await self._backend.render(text, chosen, speed)
-        if rate != self.sample_rate:
-            # kal is an 8 kHz voice: resample here so the engine keeps one advertised rate.
-            from serve_app.audio import resample_pcm
-
-            pcm = resample_pcm(pcm, rate, self.sample_rate)
-        yield pcm
+        resampler: StreamResampler | None = None
+        async for rate, pcm in self._backend.stream(text, chosen, speed):
+            if rate != self.sample_rate:
+                # kal is an 8 kHz voice: resample here so the engine keeps one advertised rate.
+                resampler = resampler or StreamResampler(rate, self.sample_rate)
+                pcm = resampler.feed(pcm)
+            if pcm:
+                yield pcm
+        if resampler is not None:
+            tail = resampler.flush()
+            if tail:
+                yield tail

@@ -1,0 +1,54 @@
+"""Small shared pieces of the benchmarks: timing a streamed HTTP request, medians, free ports."""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import time
+from dataclasses import dataclass
+
+import httpx
+
+
+@dataclass
+class Timing:
+    ttfb_s: float
+    total_s: float
+    nbytes: int
+
+
+async def timed_post(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> Timing:
+    """Time to first response body byte and to the end of a streamed POST."""
+    started = time.perf_counter()
+    ttfb = None
+    nbytes = 0
+    async with client.stream("POST", url, json=body) as response:
+        response.raise_for_status()
+        async for chunk in response.aiter_raw():
+            if ttfb is None and chunk:
+                ttfb = time.perf_counter() - started
+            nbytes += len(chunk)
+    total = time.perf_counter() - started
+    return Timing(ttfb if ttfb is not None else total, total, nbytes)
+
+
+def median_ms(values: list[float]) -> float:
+    return round(statistics.median(values) * 1000, 2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"{url} did not come up")

@@ -1,0 +1,35 @@
+"""Baseline for bench.ttfb: the same Flite call behind plain uvicorn + FastAPI, no Ray Serve.
+
+It uses the same engine code as the Serve deployment (FliteEngine, same backend) so the
+comparison isolates what Serve's proxy and handle hops cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from serve_app.audio import StreamResampler
+from serve_app.engines.flite import FliteEngine
+
+app = FastAPI()
+engine = FliteEngine()
+
+
+class Body(BaseModel):
+    input: str
+    voice: str = "alloy"
+
+
+@app.post("/v1/audio/speech")
+async def speech(body: Body) -> StreamingResponse:
+    async def pcm() -> AsyncIterator[bytes]:
+        resampler = StreamResampler(engine.sample_rate, 24000)
+        async for chunk in engine.synthesize(body.input, body.voice):
+            yield resampler.feed(chunk)
+        yield resampler.flush()
+
+    return StreamingResponse(pcm(), media_type="audio/pcm")

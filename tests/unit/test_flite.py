@@ -1,0 +1,74 @@
+"""The Flite engine with the real flite library and binary: audio, streaming, safety, checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from serve_app.audio import pcm_duration, rms_level
+from serve_app.engines.base import EngineUnavailable, InvalidInput
+from serve_app.engines.flite import FliteBinary, FliteEngine
+
+LONG = "This sentence is long enough that flite streams it out in several pieces as it goes along."
+
+
+async def collect(engine: FliteEngine, text: str, voice: str | None = None, speed: float = 1.0) -> list[bytes]:
+    return [chunk async for chunk in engine.synthesize(text, voice, speed=speed)]
+
+
+@pytest.mark.parametrize("backend", ["library", "binary"])
+async def test_backends_speak_the_same_audio(backend: str) -> None:
+    engine = FliteEngine(backend=backend)
+    assert (await engine.check()).available
+    pcm = b"".join(await collect(engine, "Hello world, how are you today?"))
+    assert 1.0 < pcm_duration(len(pcm), engine.sample_rate) < 4.0
+    assert rms_level(pcm) > 500
+
+
+async def test_library_streams_a_sentence_in_pieces() -> None:
+    chunks = await collect(FliteEngine(backend="library"), LONG)
+    assert len(chunks) >= 2
+    assert all(len(c) % 2 == 0 for c in chunks)
+
+
+async def test_speed_and_8khz_voice_are_normalised() -> None:
+    engine = FliteEngine()
+    normal = b"".join(await collect(engine, LONG))
+    fast = b"".join(await collect(engine, LONG, speed=2.0))
+    assert len(fast) < 0.7 * len(normal)
+    kal = b"".join(await collect(engine, "Testing the eight kilohertz voice.", "kal"))
+    assert 1.0 < pcm_duration(len(kal), 16000) < 4.0  # resampled to the engine's 16 kHz
+
+
+async def test_voices_map_openai_names_and_reject_unknown() -> None:
+    engine = FliteEngine()
+    assert engine.resolve_voice("onyx") == "rms"
+    assert engine.resolve_voice("en-US-AriaNeural") == "slt"  # another engine's female voice
+    assert engine.resolve_voice(None) == "slt"
+    with pytest.raises(InvalidInput):
+        await collect(engine, "hi", "not-a-voice")
+    with pytest.raises(InvalidInput):
+        await collect(engine, "hi", speed=10.0)
+
+
+def test_binary_argv_keeps_text_as_one_argument() -> None:
+    argv = FliteBinary("flite").argv("-voice kal; rm -rf /", "slt", 1.0)
+    assert argv[-2:] == ["-t", "-voice kal; rm -rf /"]
+    assert argv[0].endswith("flite")
+
+
+async def test_abandoning_a_stream_does_not_wedge_the_engine() -> None:
+    engine = FliteEngine(backend="library")
+    stream = engine.synthesize(LONG * 3)
+    first = await stream.__anext__()
+    assert first
+    await stream.aclose()
+    again = b"".join(await collect(engine, "Still working."))
+    assert len(again) > 0
+
+
+async def test_missing_flite_is_reported_not_raised() -> None:
+    engine = FliteEngine(binary="/nonexistent/flite", backend="binary")
+    check = await engine.check()
+    assert not check.available and "not found" in (check.reason or "")
+    with pytest.raises(EngineUnavailable):
+        await collect(engine, "hello")
