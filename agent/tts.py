@@ -1,0 +1,391 @@
+"""ServeTTS: a livekit-agents `tts.TTS` plugin that speaks through this project's Serve app.
+
+Two transports reach the same fallback chain (Zonos -> Edge -> Flite):
+
+- `handle`: inside the Ray cluster (an agent actor, or any driver connected to it) the plugin
+  builds its own in-process `FallbackRouter` over the engines' `DeploymentHandle`s, exactly like
+  the ingress does: audio streams from the engine replica straight to the agent, no HTTP hop.
+- `http`: outside the cluster it streams `POST /v1/audio/speech` with `response_format=pcm`.
+- `auto` picks `handle` when Ray is initialized and the Serve app has engine deployments.
+
+Both yield raw PCM s16le mono at `sample_rate` (24 kHz, OpenAI's pcm), and both feed the one
+function that turns chunks into frames, `push_pcm`, which hands bytes to livekit's
+`AudioEmitter` (it cuts them into frames and marks the last one final; TTS metrics - time to
+first byte, audio duration, characters - are computed by livekit from the frames it emits).
+
+`synthesize()` returns a `ChunkedStream` (one request for the text); `stream()` returns a
+`SynthesizeStream` that splits incoming LLM tokens into sentences and speaks each sentence as
+soon as it is complete, so speech starts before the LLM has finished its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import httpx
+from livekit.agents import (
+    DEFAULT_API_CONNECT_OPTIONS,
+    APIConnectionError,
+    APIConnectOptions,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    tokenize,
+    tts,
+    utils,
+)
+
+from config.logging import truncate
+from config.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 24000
+NUM_CHANNELS = 1
+PROVIDER = "voice-tts-serve"
+# Deployment names each engine may have in the Serve app (serve_app/app.py names them).
+ENGINE_DEPLOYMENTS: dict[str, tuple[str, ...]] = {
+    "zonos": ("ZonosEngine", "ZonosDeployment"),
+    "edge": ("EdgeEngine",),
+    "flite": ("FliteEngine",),
+}
+
+
+@dataclass
+class ServeTTSOptions:
+    """Everything one synthesis request needs; `session_id` lets the server attribute usage."""
+
+    voice: str = "alloy"
+    model: str = "tts-1"
+    language: str | None = None
+    speed: float = 1.0
+    sample_rate: int = SAMPLE_RATE
+    transport: str = "auto"  # auto | handle | http
+    base_url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None
+    app_name: str = "tts"
+    session_id: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> ServeTTSOptions:
+        opts = cls(
+            voice=settings.agent_tts_voice,
+            model=settings.agent_tts_model,
+            language=settings.agent_tts_language,
+            transport=settings.agent_tts_transport,
+            base_url=settings.api_base_url,
+            api_key=settings.agent_api_key,
+        )
+        return replace(opts, **overrides)
+
+
+class SpeechSource(Protocol):
+    """A transport: text in, PCM s16le mono at `opts.sample_rate` out, livekit errors raised."""
+
+    name: str
+
+    def pcm(self, text: str, opts: ServeTTSOptions, timeout_s: float) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class HttpSpeechSource:
+    """`POST /v1/audio/speech` (pcm), streamed with httpx."""
+
+    name = "http"
+
+    def __init__(
+        self, base_url: str, api_key: str | None = None, client: httpx.AsyncClient | None = None
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._own_client = client is None
+        self._client = client or httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers)
+
+    async def pcm(self, text: str, opts: ServeTTSOptions, timeout_s: float) -> AsyncIterator[bytes]:
+        body: dict[str, Any] = {
+            "model": opts.model,
+            "input": text,
+            "voice": opts.voice,
+            "response_format": "pcm",
+            "speed": opts.speed,
+            "sample_rate": opts.sample_rate,
+        }
+        if opts.language:
+            body["language"] = opts.language
+        if opts.session_id:
+            body["session_id"] = opts.session_id
+        timeout = httpx.Timeout(timeout_s, read=timeout_s)
+        try:
+            async with self._client.stream("POST", "/v1/audio/speech", json=body, timeout=timeout) as resp:
+                if resp.status_code != 200:
+                    detail = (await resp.aread())[:300].decode("utf-8", "replace")
+                    raise APIStatusError(
+                        f"speech request failed: HTTP {resp.status_code}",
+                        status_code=resp.status_code,
+                        request_id=resp.headers.get("x-request-id"),
+                        body=detail,
+                        retryable=resp.status_code in (408, 429) or resp.status_code >= 500,
+                    )
+                rate = resp.headers.get("x-sample-rate")
+                if rate is not None and int(rate) != opts.sample_rate:
+                    raise APIError(f"server sent {rate} Hz, expected {opts.sample_rate}", retryable=False)
+                async for chunk in resp.aiter_bytes():
+                    if chunk:
+                        yield chunk
+        except httpx.TimeoutException as exc:
+            raise APITimeoutError(f"speech request timed out ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise APIConnectionError(f"speech request failed: {type(exc).__name__}") from exc
+
+    async def aclose(self) -> None:
+        if self._own_client:
+            await self._client.aclose()
+
+
+class RouterSpeechSource:
+    """An in-process `FallbackRouter` (over deployment handles in the cluster)."""
+
+    name = "handle"
+
+    def __init__(self, router: Any) -> None:
+        self.router = router
+
+    @classmethod
+    def from_cluster(cls, settings: Settings, app_name: str = "tts") -> RouterSpeechSource:
+        """Compose the router like the ingress does, over the running app's engine deployments."""
+        from ray import serve
+
+        from serve_app.ingress import build_clients
+        from serve_app.router import FallbackRouter, RouterConfig
+
+        deployed = set(serve.status().applications[app_name].deployments)
+        handles: dict[str, Any] = {}
+        unavailable: dict[str, str] = {}
+        for engine in settings.tts_engine_chain:
+            name = next((d for d in ENGINE_DEPLOYMENTS.get(engine, ()) if d in deployed), None)
+            if name is None:
+                unavailable[engine] = f"not deployed in Serve app '{app_name}'"
+            else:
+                handles[engine] = serve.get_deployment_handle(name, app_name=app_name)
+        if not handles:
+            raise RuntimeError(f"Serve app '{app_name}' has no engine deployments")
+        return cls(FallbackRouter(build_clients(handles, unavailable), RouterConfig.from_settings(settings)))
+
+    async def pcm(self, text: str, opts: ServeTTSOptions, timeout_s: float) -> AsyncIterator[bytes]:
+        from serve_app.engines.base import InvalidInput
+        from serve_app.router import AllEnginesFailed, SpeechRequest
+
+        request = SpeechRequest(
+            text=text, voice=opts.voice, language=opts.language, speed=opts.speed,
+            sample_rate=opts.sample_rate,
+        )
+        stream = self.router.synthesize(request)
+        try:
+            async for chunk in stream:
+                yield chunk.pcm
+        except InvalidInput as exc:
+            raise APIError(f"invalid speech request: {str(exc)[:200]}", retryable=False) from exc
+        except AllEnginesFailed as exc:
+            raise APIStatusError(str(exc)[:300], status_code=503, retryable=True) from exc
+        except APIError:
+            raise
+        except Exception as exc:  # a replica died, a handle failed: the connection to Serve broke
+            raise APIConnectionError(f"router failed: {type(exc).__name__}") from exc
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.router.aclose()
+
+
+def _serve_app_running(app_name: str) -> bool:
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return False
+        from ray import serve
+
+        app = serve.status().applications.get(app_name)
+        return app is not None and any(
+            name in app.deployments for names in ENGINE_DEPLOYMENTS.values() for name in names
+        )
+    except Exception:  # no Serve controller, no cluster: not inside
+        return False
+
+
+async def push_pcm(
+    source: SpeechSource, text: str, opts: ServeTTSOptions, emitter: tts.AudioEmitter, timeout_s: float
+) -> int:
+    """The one chunk->frames path of both transports: every PCM chunk goes to the emitter.
+
+    Returns the number of PCM bytes pushed. An odd byte at a chunk boundary is harmless: the
+    emitter's byte stream keeps partial samples until the next chunk completes them.
+    """
+    pushed = 0
+    async for chunk in source.pcm(text, opts, timeout_s):
+        emitter.push(chunk)
+        pushed += len(chunk)
+    if pushed == 0:
+        raise APIError(f"no audio for text: {truncate(text)}", retryable=True)
+    logger.debug("servetts %s: %d bytes for %s", source.name, pushed, truncate(text))
+    return pushed
+
+
+class ServeTTS(tts.TTS):
+    """livekit TTS over the project's Serve app; streaming via sentence splitting."""
+
+    def __init__(
+        self,
+        opts: ServeTTSOptions | None = None,
+        *,
+        settings: Settings | None = None,
+        source: SpeechSource | None = None,
+        sentence_tokenizer: tokenize.SentenceTokenizer | None = None,
+    ) -> None:
+        if opts is None:
+            from config.settings import get_settings
+
+            settings = settings or get_settings()
+            opts = ServeTTSOptions.from_settings(settings)
+        super().__init__(
+            capabilities=tts.TTSCapabilities(streaming=True),
+            sample_rate=opts.sample_rate,
+            num_channels=NUM_CHANNELS,
+        )
+        self._opts = opts
+        self._settings = settings
+        self._source = source
+        self._source_lock = asyncio.Lock()
+        self._tokenizer = sentence_tokenizer or tokenize.blingfire.SentenceTokenizer(min_sentence_len=8)
+
+    @property
+    def model(self) -> str:
+        return self._opts.model
+
+    @property
+    def provider(self) -> str:
+        return PROVIDER
+
+    @property
+    def options(self) -> ServeTTSOptions:
+        return self._opts
+
+    @property
+    def transport(self) -> str | None:
+        """The transport in use (`handle` or `http`), None until the first request picks one."""
+        return None if self._source is None else self._source.name
+
+    def update_options(self, **changes: Any) -> None:
+        """Change voice, speed, language or session_id for later requests."""
+        self._opts = replace(self._opts, **changes)
+
+    async def get_source(self) -> SpeechSource:
+        if self._source is not None:
+            return self._source
+        async with self._source_lock:
+            if self._source is None:
+                self._source = self._pick_source()
+                logger.info("ServeTTS transport: %s", self._source.name)
+        return self._source
+
+    def _pick_source(self) -> SpeechSource:
+        mode = self._opts.transport
+        if mode == "handle" or (mode == "auto" and _serve_app_running(self._opts.app_name)):
+            from config.settings import get_settings
+
+            try:
+                return RouterSpeechSource.from_cluster(self._settings or get_settings(), self._opts.app_name)
+            except Exception as exc:
+                if mode == "handle":
+                    raise APIConnectionError(f"no Serve handles: {str(exc)[:200]}") from exc
+                logger.warning("ServeTTS: handle transport unavailable (%s); using HTTP", type(exc).__name__)
+        return HttpSpeechSource(self._opts.base_url, self._opts.api_key)
+
+    def synthesize(
+        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> ServeChunkedStream:
+        return ServeChunkedStream(tts=self, input_text=text, conn_options=conn_options)
+
+    def stream(
+        self, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> ServeSynthesizeStream:
+        return ServeSynthesizeStream(tts=self, conn_options=conn_options)
+
+    async def aclose(self) -> None:
+        if self._source is not None:
+            await self._source.aclose()
+            self._source = None
+
+
+class ServeChunkedStream(tts.ChunkedStream):
+    """One text, one request; frames are emitted as audio arrives."""
+
+    def __init__(self, *, tts: ServeTTS, input_text: str, conn_options: APIConnectOptions) -> None:
+        super().__init__(tts=tts, input_text=input_text, conn_options=conn_options)
+        self._tts: ServeTTS = tts
+        self._opts = tts.options
+
+    async def _run(self, output_emitter: tts.AudioEmitter) -> None:
+        source = await self._tts.get_source()
+        output_emitter.initialize(
+            request_id=utils.shortuuid(),
+            sample_rate=self._opts.sample_rate,
+            num_channels=NUM_CHANNELS,
+            mime_type="audio/pcm",
+        )
+        await push_pcm(source, self._input_text, self._opts, output_emitter, self._conn_options.timeout)
+        output_emitter.flush()
+
+
+class ServeSynthesizeStream(tts.SynthesizeStream):
+    """Tokens in (from the LLM), sentences out: each complete sentence is spoken at once."""
+
+    def __init__(self, *, tts: ServeTTS, conn_options: APIConnectOptions) -> None:
+        super().__init__(tts=tts, conn_options=conn_options)
+        self._tts: ServeTTS = tts
+        self._opts = tts.options
+
+    async def _run(self, output_emitter: tts.AudioEmitter) -> None:
+        source = await self._tts.get_source()
+        output_emitter.initialize(
+            request_id=utils.shortuuid(),
+            sample_rate=self._opts.sample_rate,
+            num_channels=NUM_CHANNELS,
+            mime_type="audio/pcm",
+            stream=True,
+        )
+        output_emitter.start_segment(segment_id=utils.shortuuid())
+        sentences = self._tts._tokenizer.stream()
+
+        async def forward_input() -> None:
+            async for data in self._input_ch:
+                if isinstance(data, self._FlushSentinel):
+                    sentences.flush()
+                else:
+                    sentences.push_text(data)
+            sentences.end_input()
+
+        async def speak() -> None:
+            async for event in sentences:
+                text = event.token.strip()
+                if not text:
+                    continue
+                self._mark_started()  # time to first byte counts from the first text sent
+                await push_pcm(source, text, self._opts, output_emitter, self._conn_options.timeout)
+                output_emitter.flush()
+
+        tasks = [asyncio.create_task(forward_input()), asyncio.create_task(speak())]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            await sentences.aclose()
+            await utils.aio.cancel_and_wait(*tasks)
+        output_emitter.end_segment()
