@@ -1,0 +1,98 @@
+"""`Database`: the engine, its monitored pool, the breaker, transactions and the health check.
+
+One per process (the ingress replica's lifespan opens it). Every query goes through `run()`,
+which applies the breaker and an overall deadline, so no caller waits longer than the pool
+timeout plus the connect and statement timeouts, whatever the network does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from config.settings import Settings
+from serve_app.db.engine import create_engine, safe_url
+from serve_app.db.guard import DatabaseGuard, DatabaseUnavailable
+from serve_app.db.pool_monitor import PoolMonitor
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Database:
+    """The process's database access: guarded transactions, migrations, health, disposal."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = create_engine(settings)
+        self.monitor = PoolMonitor(self.engine)
+        self.guard = DatabaseGuard(settings.db_breaker_failures, settings.db_breaker_reset_s)
+        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        statement_s = settings.db_statement_timeout_ms / 1000 if not settings.is_sqlite else 0.0
+        # Waiting for a pooled connection, opening one, then running the statements.
+        self.operation_timeout_s = settings.db_pool_timeout + settings.db_connect_timeout + statement_s + 1.0
+        self.health_timeout_s = settings.db_connect_timeout + 1.0
+        logger.debug("database engine created for %s", safe_url(settings))
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Run `work` in one transaction (committed on return), guarded and bounded in time."""
+        async with (
+            self.guard.attempt(),
+            asyncio.timeout(self.operation_timeout_s),
+            self.sessionmaker() as session,
+            session.begin(),
+        ):
+            return await work(session)
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (safe to run from several replicas)."""
+        from serve_app.db.migrate import upgrade
+
+        async with self.guard.attempt(), asyncio.timeout(max(self.operation_timeout_s, 60.0)):
+            await upgrade(self.engine)
+
+    def pool_status(self) -> dict[str, Any]:
+        return self.monitor.status()
+
+    async def health(self) -> dict[str, Any]:
+        """`{"ok", "backend", "latency_ms", "pool": {size, checked_out, overflow, ...}, "breaker"}`.
+
+        The probe query goes through the breaker: while it is open the report says so at once,
+        and once the reset time has passed the health check itself may be the probe that closes it.
+        """
+        started = time.perf_counter()
+        error: str | None = None
+        try:
+            async with (
+                self.guard.attempt(),
+                asyncio.timeout(self.health_timeout_s),
+                self.engine.connect() as conn,
+            ):
+                await conn.execute(text("SELECT 1"))
+        except DatabaseUnavailable as exc:
+            error = str(exc)[:300]
+        report: dict[str, Any] = {
+            "ok": error is None,
+            "backend": self.backend,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            "pool": self.pool_status(),
+            "breaker": self.guard.snapshot(),
+        }
+        if error is not None:
+            report["error"] = error
+        return report
+
+    async def dispose(self) -> None:
+        """Close every pooled connection (at shutdown)."""
+        await self.engine.dispose()
