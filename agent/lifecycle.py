@@ -105,7 +105,12 @@ class UsageTracker:
             self.monitor.record(self.session_id, name, float(seconds))
 
     def usage(self) -> dict[str, Any]:
+        # `characters`, `audio_seconds`, `requests` are the sessions API's own usage fields
+        # (serve_app/api/sessions.py UsageSummary); the rest travel as extra fields.
         return {
+            "characters": self.tts_characters,
+            "audio_seconds": round(self.tts_audio_s, 3),
+            "requests": self.tts_requests,
             "llm_requests": self.llm_requests,
             "llm_prompt_tokens": self.llm_prompt_tokens,
             "llm_completion_tokens": self.llm_completion_tokens,
@@ -151,7 +156,7 @@ class ActiveSession:
             usage["duration_seconds"] = round(time.monotonic() - self.started, 3)
             latency = self.monitor.summary(self.key)
             if latency:
-                usage["latency"] = latency
+                usage["latency_ms"] = latency
             if self.session_id is not None and self.api is not None:
                 try:
                     outcome = await self.api.finalize_session(self.session_id, usage)

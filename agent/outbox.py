@@ -64,8 +64,12 @@ class Outbox:
     def append(self, entry: OutboxEntry) -> None:
         """Write one entry and fsync it: when this returns, the entry survives a crash."""
         line = json.dumps(asdict(entry), separators=(",", ":")) + "\n"
-        with self._locked(), open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line)
+        with self._locked(), open(self.path, "a+b") as fh:
+            if fh.tell() > 0:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    line = "\n" + line  # never glue an entry onto a line torn by a crash
+            fh.write(line.encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())
         logger.warning("session %s finalize queued in outbox %s", entry.session_id[:64], self.path)
