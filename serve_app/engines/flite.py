@@ -70,6 +70,7 @@ _STREAM_CALLBACK = ctypes.CFUNCTYPE(
 )
 _STREAM_CONTINUE, _STREAM_STOP = 0, -1
 _STREAM_MIN_SAMPLES = 2048  # ~128 ms at 16 kHz: the first chunk leaves long before the sentence ends
+_LATER_CHUNK_SECONDS = 1.0
 _DONE = object()
 
 
@@ -168,15 +169,24 @@ class FliteLibrary:
 
         worker = asyncio.ensure_future(run())
         try:
+            # The first piece leaves at once (time to first byte); later pieces are gathered into
+            # chunks of about a second, because flite runs ~100x faster than real time and every
+            # chunk costs a message through Serve.
+            pending = b""
+            rate = 0  # one synthesis has one rate
+            first = True
             while True:
                 item = await queue.get()
                 if item is _DONE:
                     break
                 rate, pcm = item
-                # Coalesce what is already waiting: fewer, larger messages through Serve.
-                while not queue.empty() and queue._queue[0] is not _DONE:  # type: ignore[attr-defined]
-                    pcm += queue.get_nowait()[1]
-                yield rate, pcm
+                pending += pcm
+                if first or len(pending) >= _LATER_CHUNK_SECONDS * rate * 2:
+                    yield rate, pending
+                    pending = b""
+                    first = False
+            if pending:
+                yield rate, pending
             await worker  # re-raises a synthesis error
         finally:
             cancelled.set()
