@@ -8,6 +8,7 @@ timeout plus the connect and statement timeouts, whatever the network does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,11 @@ class Database:
         # Waiting for a pooled connection, opening one, then running the statements.
         self.operation_timeout_s = settings.db_pool_timeout + settings.db_connect_timeout + statement_s + 1.0
         self.health_timeout_s = settings.db_connect_timeout + 1.0
+        # SQLite has one writer at a time and every transaction here begins IMMEDIATE. Queuing
+        # this process's transactions on a lock is fair and instant, where contending for the
+        # file lock makes SQLite's busy handler sleep in steps of up to 100 ms. Other processes
+        # sharing the file still wait on the busy timeout.
+        self._sqlite_lock: asyncio.Lock | None = asyncio.Lock() if settings.is_sqlite else None
         logger.debug("database engine created for %s", safe_url(settings))
 
     @property
@@ -50,6 +56,7 @@ class Database:
         async with (
             self.guard.attempt(),
             asyncio.timeout(self.operation_timeout_s),
+            self._sqlite_lock or contextlib.nullcontext(),
             self.sessionmaker() as session,
             session.begin(),
         ):
