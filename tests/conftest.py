@@ -11,9 +11,13 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from tests.fakes.edge_server import FakeEdgeServer
 
 TEST_ENV = {
     "ENV": "test",
@@ -52,11 +56,21 @@ def test_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(test_data_dir: Path) -> Iterator[None]:
+def edge_server() -> Iterator[FakeEdgeServer]:
+    """A local Edge TTS protocol server (tests/fakes/edge_server.py); the Serve app's Edge engine uses it."""
+    from tests.fakes.edge_server import EdgeServerThread
+
+    with EdgeServerThread("normal") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(test_data_dir: Path, edge_server: FakeEdgeServer) -> Iterator[None]:
     """A private local Ray cluster (random ports; Redis on 6379 is untouched)."""
     import ray
 
     env = dict(TEST_ENV)
+    env.setdefault("EDGE_WSS_URL", edge_server.url)
     env.setdefault("DATABASE_URL", f"sqlite+aiosqlite:///{test_data_dir}/sessions.db")
     env.setdefault("ZONOS_VOICES_DIR", str(test_data_dir / "voices"))
     env.setdefault("AGENT_OUTBOX_PATH", str(test_data_dir / "outbox.jsonl"))
