@@ -62,6 +62,7 @@ class HandleEngineClient:
     def __init__(self, name: str, handle: Any) -> None:
         self.name = name
         self._handle = handle
+        self._streaming = handle.options(stream=True)
         self._info: dict[str, Any] | None = None
 
     @property
@@ -76,15 +77,19 @@ class HandleEngineClient:
     async def stream(
         self, text: str, voice: str | None, *, language: str | None, speed: float
     ) -> AsyncIterator[bytes]:
-        generator = self._handle.options(stream=True).synthesize.remote(text, voice, language, speed)
+        generator = self._streaming.synthesize.remote(text, voice, language, speed)
+        finished = False
         try:
             async for chunk in generator:
                 yield chunk
+            finished = True
         finally:
-            # Stop the replica's work when the caller goes away or fails over.
-            cancel = getattr(generator, "cancel", None)
-            if cancel is not None:
-                cancel()
+            if not finished:
+                # The router timed out, failed over or the caller left: stop the replica's work
+                # (a hung engine would otherwise keep a replica slot busy forever).
+                cancel = getattr(generator, "cancel", None)
+                if cancel is not None:
+                    cancel()
 
     async def sample_rate(self) -> int:
         return int((await self._load_info())["sample_rate"])

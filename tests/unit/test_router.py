@@ -1,0 +1,318 @@
+"""FallbackRouter in-process over fault-injecting engines: strikes, breakers, recovery, streaming.
+
+The engines emit one constant sample value per sentence and engine (`tests.fakes.faulty`), so
+each test decodes the audio it got and checks that every sentence arrived, in order, in full.
+Timeouts and cooldowns are a few hundred milliseconds; no test asserts on wall-clock timings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from serve_app.breaker import BreakerState
+from serve_app.engine_client import LocalEngineClient, UnavailableEngineClient
+from serve_app.engines.base import InvalidInput
+from serve_app.router import AllEnginesFailed, FallbackRouter, RouterConfig, SpeechRequest, UnknownEngine
+from tests.fakes.faulty import SAMPLE_RATE, FaultPlan, FaultyEngine, LocalControl, Run, decode_runs, token_for
+
+CHAIN = ("zonos", "edge", "flite")
+FULL = SAMPLE_RATE * 300 // 1000  # samples of one sentence (default FaultPlan)
+
+
+class Rig:
+    """Three fault engines with their controls, and a router over them."""
+
+    def __init__(self, **config: object) -> None:
+        self.controls = {name: LocalControl(FaultPlan(code=i)) for i, name in enumerate(CHAIN)}
+        clients = {name: LocalEngineClient(FaultyEngine(name, self.controls[name])) for name in CHAIN}
+        defaults: dict[str, object] = {
+            "cooldown_s": 0.2, "max_cooldown_s": 0.8, "ttfb_timeout_s": 0.3, "stall_timeout_s": 0.3,
+        }
+        self.router = FallbackRouter(clients, RouterConfig(**{**defaults, **config}))  # type: ignore[arg-type]
+
+    def plan(self, name: str, **plan: object) -> None:
+        plan.setdefault("code", CHAIN.index(name))
+        self.controls[name].set(FaultPlan(**plan))  # type: ignore[arg-type]
+
+    async def speak(self, text: str, **kwargs: object) -> list[Run]:
+        pcm, _ = await self.router.speak(SpeechRequest(text, sample_rate=SAMPLE_RATE, **kwargs))  # type: ignore[arg-type]
+        return decode_runs(pcm)
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    made = Rig()
+    yield made
+    await made.router.aclose()
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def sentences_of(text: str) -> list[str]:
+    return [s if s.endswith(".") else s + "." for s in (p.strip() for p in text.split(".")) if s]
+
+
+def assert_complete(runs: list[Run], text: str) -> None:
+    """Every sentence in order, each ending with a full-length run; partial runs only before a retry."""
+    expected = [token_for(s) for s in sentences_of(text)]
+    order: list[int] = []
+    for run in runs:
+        if not order or order[-1] != run.token:
+            order.append(run.token)
+    assert order == expected
+    for token in expected:
+        mine = [r for r in runs if r.token == token]
+        assert mine[-1].samples == FULL
+        assert all(r.samples <= FULL for r in mine)
+
+
+TEXT = "One apple. Two pears. Three plums. Four figs. Five limes."
+
+
+async def test_healthy_primary_speaks_every_sentence_in_order(rig: Rig) -> None:
+    runs = await rig.speak(TEXT)
+    assert_complete(runs, TEXT)
+    assert {r.code for r in runs} == {0}
+
+
+async def test_three_strikes_open_the_breaker_then_the_engine_is_skipped(rig: Rig) -> None:
+    rig.plan("zonos", mode="error")
+    for i in range(3):
+        runs = await rig.speak(f"Sentence number {i}.")
+        assert [r.code for r in runs] == [1]  # edge spoke it
+    assert rig.router.breaker("zonos").state is BreakerState.OPEN
+    assert rig.controls["zonos"].calls() == 3
+    runs = await rig.speak("After the breaker opened.")
+    assert [r.code for r in runs] == [1]
+    assert rig.controls["zonos"].calls() == 3  # skipped at no cost
+
+
+async def test_background_probe_recovers_the_engine_without_user_traffic(rig: Rig) -> None:
+    rig.plan("zonos", mode="error")
+    for i in range(3):
+        await rig.speak(f"Open it {i}.")
+    rig.plan("zonos")
+    await eventually(lambda: rig.router.breaker("zonos").state is BreakerState.CLOSED)
+    assert rig.controls["zonos"].log[-1] == ("Probe.", "done")  # the fixed phrase, not user text
+    runs = await rig.speak("Back on the primary.")
+    assert [r.code for r in runs] == [0]
+
+
+async def test_failed_probes_reopen_with_exponential_backoff(rig: Rig) -> None:
+    rig.plan("zonos", mode="error")
+    for i in range(3):
+        await rig.speak(f"Open it {i}.")
+    breaker = rig.router.breaker("zonos")
+    await eventually(lambda: breaker.failed_probes >= 2)
+    assert breaker.state is not BreakerState.CLOSED
+    assert breaker.current_cooldown > rig.router.config.cooldown_s
+    user_texts = {t for t, _ in rig.controls["zonos"].log if t != "Probe."}
+    assert len(user_texts) == 3  # nothing but probes reached it after opening
+
+
+@pytest.mark.parametrize(
+    ("mode", "error"), [("hang", "FirstByteTimeout"), ("stall", "StallTimeout"), ("empty", "EmptyAudio")]
+)
+async def test_hang_stall_and_empty_audio_are_strikes(rig: Rig, mode: str, error: str) -> None:
+    rig.plan("zonos", mode=mode)
+    runs = await rig.speak("Something to say.")
+    assert [r.code for r in runs][-1] == 1
+    assert_complete(runs, "Something to say.")
+    breaker = rig.router.breaker("zonos")
+    assert breaker.strikes == 1
+    assert breaker.last_error is not None and breaker.last_error.startswith(error)
+
+
+async def test_failure_after_partial_audio_restarts_the_sentence_on_the_next_engine(rig: Rig) -> None:
+    rig.plan("zonos", mode="partial")
+    runs = await rig.speak(TEXT)
+    assert_complete(runs, TEXT)
+    first = [r for r in runs if r.token == token_for("One apple.")]
+    assert [(r.code, r.samples < FULL) for r in first] == [(0, True), (1, False)]
+
+
+async def test_request_avoids_an_engine_that_failed_one_of_its_sentences() -> None:
+    rig = Rig(lookahead=0)  # sentences strictly in turn, so the order of attempts is known
+    try:
+        rig.plan("zonos", mode="error", fail_text="Two")
+        runs = await rig.speak("One apple. Two pears. Three plums.")
+        assert [r.code for r in runs] == [0, 1, 1]
+        assert rig.router.breaker("zonos").state is BreakerState.CLOSED  # one strike only
+        runs = await rig.speak("A new request.")
+        assert [r.code for r in runs] == [0]
+    finally:
+        await rig.router.aclose()
+
+
+async def test_caller_errors_are_never_strikes(rig: Rig) -> None:
+    rig.plan("zonos", mode="invalid")
+    for _ in range(5):
+        with pytest.raises(InvalidInput):
+            await rig.speak("Rejected text.")
+    with pytest.raises(InvalidInput):
+        await rig.speak("   ")
+    with pytest.raises(UnknownEngine):
+        await rig.speak("Hello.", engine="nope")
+    breaker = rig.router.breaker("zonos")
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.total_strikes == 0
+    assert rig.controls["edge"].calls() == 0  # no fallback for the caller's mistake
+
+
+async def test_all_engines_failing_raises_before_any_audio(rig: Rig) -> None:
+    for name in CHAIN:
+        rig.plan(name, mode="error")
+    stream = rig.router.synthesize(SpeechRequest("Nobody can say this.", sample_rate=SAMPLE_RATE))
+    with pytest.raises(AllEnginesFailed) as info:
+        await anext(stream)
+    assert "zonos" in str(info.value) and "flite" in str(info.value)
+
+
+async def test_failure_after_audio_ends_the_stream_with_an_error(rig: Rig) -> None:
+    for name in CHAIN:
+        rig.plan(name, mode="error", fail_text="Doomed")
+    received = bytearray()
+    with pytest.raises(AllEnginesFailed):
+        async for chunk in rig.router.synthesize(SpeechRequest("Fine start. Doomed end.", sample_rate=SAMPLE_RATE)):
+            received.extend(chunk.pcm)
+    assert [r.token for r in decode_runs(bytes(received))] == [token_for("Fine start.")]
+
+
+async def test_last_resort_tries_open_engines_when_every_breaker_is_open(rig: Rig) -> None:
+    for name in CHAIN:
+        rig.plan(name, mode="error")
+    for i in range(3):
+        with pytest.raises(AllEnginesFailed):
+            await rig.speak(f"Down {i}.")
+    assert all(rig.router.breaker(n).state is not BreakerState.CLOSED for n in CHAIN)
+    rig.plan("flite")
+    runs = await rig.speak("Anyone there.")
+    assert [r.code for r in runs] == [2]
+    assert rig.router.breaker("flite").state is BreakerState.CLOSED
+
+
+async def test_pinned_engine_is_used_alone(rig: Rig) -> None:
+    runs = await rig.speak("Only flite.", engine="flite")
+    assert [r.code for r in runs] == [2]
+    rig.plan("edge", mode="error")
+    with pytest.raises(AllEnginesFailed):
+        await rig.speak("Only edge.", engine="edge")
+    assert rig.controls["flite"].calls() == 1  # no fallback from a pinned engine
+
+
+async def test_full_engine_is_skipped_without_a_strike() -> None:
+    rig = Rig(engine_concurrency=1)
+    try:
+        rig.plan("zonos", first_byte_delay_s=0.1)
+        first = asyncio.create_task(rig.speak("Holds the only zonos slot."))
+        await eventually(lambda: rig.controls["zonos"].calls() == 1)
+        runs = await rig.speak("Goes elsewhere.")
+        assert [r.code for r in runs] == [1]
+        assert [r.code for r in await first] == [0]
+        status = {e["name"]: e for e in await rig.router.engines_status()}
+        assert status["zonos"]["busy_skips"] == 1
+        assert status["zonos"]["strikes"] == 0
+        assert status["zonos"]["in_flight"] == 0
+    finally:
+        await rig.router.aclose()
+
+
+async def test_when_every_engine_is_full_the_sentence_queues_for_a_slot() -> None:
+    control = LocalControl(FaultPlan(first_byte_delay_s=0.05))
+    router = FallbackRouter(
+        {"flite": LocalEngineClient(FaultyEngine("flite", control))},
+        RouterConfig(chain=("flite",), engine_concurrency=1, ttfb_timeout_s=2.0),
+    )
+    try:
+        requests = [SpeechRequest(f"Queued {i}.", sample_rate=SAMPLE_RATE) for i in range(3)]
+        results = await asyncio.gather(*(router.speak(r) for r in requests))
+        assert all(engines == ["flite"] for _, engines in results)
+        assert router.breaker("flite").total_strikes == 0
+    finally:
+        await router.aclose()
+
+
+async def test_many_concurrent_requests_share_one_router(rig: Rig) -> None:
+    rig.plan("zonos", mode="partial", chunk_delay_s=0.005)
+    rig.plan("edge", chunk_delay_s=0.003)
+    texts = [f"Request {i} first part. Request {i} second part. Request {i} third part." for i in range(16)]
+    results = await asyncio.gather(*(rig.speak(t) for t in texts))
+    for text, runs in zip(texts, results, strict=True):
+        assert_complete(runs, text)
+    status = {e["name"]: e for e in await rig.router.engines_status()}
+    assert all(e["in_flight"] == 0 for e in status.values())
+
+
+async def test_a_request_cancelled_by_its_caller_is_not_a_strike(rig: Rig) -> None:
+    rig.plan("zonos", mode="hang")
+
+    async def consume() -> None:
+        await rig.speak("The caller leaves before any audio.")
+
+    task = asyncio.create_task(consume())
+    await eventually(lambda: rig.controls["zonos"].calls() == 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert rig.router.breaker("zonos").total_strikes == 0
+    assert (await rig.router.engines_status())[0]["in_flight"] == 0
+
+
+async def test_audio_is_resampled_to_the_requested_rate(rig: Rig) -> None:
+    pcm, _ = await rig.router.speak(SpeechRequest("Resample me.", sample_rate=24000))
+    assert abs(len(pcm) // 2 - 24000 * 300 // 1000) < 200
+
+
+async def test_aclose_stops_background_probes(rig: Rig) -> None:
+    rig.plan("zonos", mode="error")
+    for i in range(3):
+        await rig.speak(f"Open it {i}.")
+    await rig.router.aclose()
+    rig.plan("zonos")
+    await asyncio.sleep(0.5)
+    assert rig.router.breaker("zonos").state is BreakerState.OPEN
+    assert all(t == "Probe." or "Open it" in t for t, _ in rig.controls["zonos"].log)
+    assert rig.router.breaker("zonos").probes == 0
+
+
+async def test_undeployed_engine_is_reported_and_skipped() -> None:
+    control = LocalControl()
+    router = FallbackRouter(
+        {
+            "zonos": UnavailableEngineClient("zonos", "no GPU in the Ray cluster"),
+            "flite": LocalEngineClient(FaultyEngine("flite", control)),
+        },
+        RouterConfig(),
+    )
+    try:
+        pcm, engines = await router.speak(SpeechRequest("Hello there.", sample_rate=SAMPLE_RATE))
+        assert engines == ["flite"] and pcm
+        status = {e["name"]: e for e in await router.engines_status()}
+        assert status["zonos"]["deployed"] is False and status["zonos"]["available"] is False
+        assert "GPU" in (status["zonos"]["reason"] or "")
+        with pytest.raises(AllEnginesFailed):
+            await router.speak(SpeechRequest("Pinned.", engine="zonos"))
+    finally:
+        await router.aclose()
+
+
+async def test_engines_status_reports_every_field(rig: Rig) -> None:
+    rig.plan("zonos", mode="error")
+    await rig.speak("Count this.")
+    status = await rig.router.engines_status()
+    assert [e["name"] for e in status] == list(CHAIN)
+    zonos = status[0]
+    for key in ("available", "state", "strikes", "last_error", "cooldown_left_s", "requests", "failures",
+                "ttfb_p50_ms", "ttfb_p95_ms"):
+        assert key in zonos
+    assert zonos["requests"] == 1 and zonos["failures"] == 1 and zonos["strikes"] == 1
+    assert status[1]["ttfb_p50_ms"] is not None and status[1]["ttfb_p95_ms"] >= status[1]["ttfb_p50_ms"]
