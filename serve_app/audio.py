@@ -186,15 +186,24 @@ class StreamEncoder:
             self._container = None
 
 
-def decode_audio(data: bytes) -> tuple[int, np.ndarray]:
-    """Decode any container PyAV knows to (rate, mono s16 samples); used by tests and voice upload."""
+def decode_audio(data: bytes, *, max_seconds: float | None = None) -> tuple[int, np.ndarray]:
+    """Decode any container PyAV knows to (rate, mono s16 samples); used by tests and voice upload.
+
+    `max_seconds` stops decoding with ValueError once exceeded: a few MB of low-bitrate audio can
+    decode to hours of PCM, so uploads are bounded by duration as well as by bytes.
+    """
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="s16", layout="mono", rate=stream.rate or 16000)
         chunks: list[np.ndarray] = []
+        limit = None if max_seconds is None else int(max_seconds * (stream.rate or 16000))
+        decoded = 0
         for frame in container.decode(stream):
             for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray().reshape(-1))
+                decoded += out.samples
+            if limit is not None and decoded > limit:
+                raise ValueError(f"audio is longer than {max_seconds:g} seconds")
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray().reshape(-1))
         rate = int(stream.rate or 16000)
