@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from asyncio.trsock import TransportSocket
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,11 @@ def connect_args(settings: Settings) -> dict[str, Any]:
     }
 
 
-def set_client_keepalive(sock: socket.socket, settings: Settings) -> None:
+# asyncio hands out a TransportSocket wrapper, which has setsockopt/getsockopt like a socket.
+SocketLike = socket.socket | TransportSocket
+
+
+def set_client_keepalive(sock: SocketLike, settings: Settings) -> None:
     """SO_KEEPALIVE with the configured idle/interval/count on a client TCP socket."""
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
@@ -74,14 +79,15 @@ def set_client_keepalive(sock: socket.socket, settings: Settings) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-def driver_socket(dbapi_connection: Any) -> socket.socket | None:
+def driver_socket(dbapi_connection: Any) -> SocketLike | None:
     """The TCP socket under SQLAlchemy's asyncpg adapter connection, if there is one."""
-    raw = getattr(dbapi_connection, "_connection", None)  # the asyncpg.Connection
+    # The asyncpg.Connection: `driver_connection` on the adapter (and on a pool fairy).
+    raw = getattr(dbapi_connection, "driver_connection", None) or getattr(dbapi_connection, "_connection", None)
     transport = getattr(raw, "_transport", None)
     if transport is None:
         return None
     sock = transport.get_extra_info("socket")
-    return sock if isinstance(sock, socket.socket) else None
+    return sock if isinstance(sock, socket.socket | TransportSocket) else None
 
 
 def _install_postgres_listeners(engine: AsyncEngine, settings: Settings) -> None:
