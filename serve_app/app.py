@@ -30,23 +30,40 @@ def _cluster_gpus() -> float:
     return 0.0
 
 
+CPU_ENGINES = ("edge", "flite")
+
+
 def engine_plan(settings: Settings, gpus: float) -> tuple[list[str], dict[str, str]]:
-    """Which engines of the chain to deploy, and why the others are not deployed."""
+    """Which engines to deploy, and which the router must not use (with the reason).
+
+    CPU engines are always deployed, even when disabled or left out of the chain, because
+    `serve_config.yaml` configures them by name and Serve rejects configuration for deployments
+    that are not in the application; a disabled engine costs one idle fractional-CPU replica.
+    Zonos is deployed only where it can be scheduled (GPU present, or CPU mode asked for).
+    """
     deploy: list[str] = []
-    skipped: dict[str, str] = {}
-    for name in settings.tts_engine_chain:
+    unusable: dict[str, str] = {}
+    for name in ("zonos", *CPU_ENGINES):
+        module_missing = importlib.util.find_spec(f"serve_app.engines.{name}") is None
+        if module_missing:
+            unusable[name] = f"engine module serve_app.engines.{name} is not installed"
+            continue
+        if name == "zonos":
+            if not settings.zonos_enabled or "zonos" not in settings.tts_engine_chain:
+                unusable[name] = "disabled by ZONOS_ENABLED=false or TTS_ENGINE_CHAIN"
+                continue
+            if settings.zonos_num_gpus > 0 and gpus < settings.zonos_num_gpus:
+                unusable[name] = (
+                    f"no GPU in the Ray cluster (ZONOS_NUM_GPUS={settings.zonos_num_gpus:g}, cluster GPUs={gpus:g}); "
+                    "set ZONOS_DEVICE=cpu and ZONOS_NUM_GPUS=0 to run it on CPU"
+                )
+                continue
+        deploy.append(name)
         if not getattr(settings, f"{name}_enabled"):
-            skipped[name] = f"disabled by {name.upper()}_ENABLED=false"
-        elif importlib.util.find_spec(f"serve_app.engines.{name}") is None:
-            skipped[name] = f"engine module serve_app.engines.{name} is not installed"
-        elif name == "zonos" and settings.zonos_num_gpus > 0 and gpus < settings.zonos_num_gpus:
-            skipped[name] = (
-                f"no GPU in the Ray cluster (ZONOS_NUM_GPUS={settings.zonos_num_gpus:g}, cluster GPUs={gpus:g}); "
-                "set ZONOS_DEVICE=cpu and ZONOS_NUM_GPUS=0 to run it on CPU"
-            )
-        else:
-            deploy.append(name)
-    return deploy, skipped
+            unusable[name] = f"disabled by {name.upper()}_ENABLED=false"
+        elif name not in settings.tts_engine_chain:
+            unusable[name] = "not in TTS_ENGINE_CHAIN"
+    return deploy, unusable
 
 
 def _engine_deployment(name: str, settings: Settings) -> Any:
@@ -62,7 +79,7 @@ def _engine_deployment(name: str, settings: Settings) -> Any:
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
-    """Compose engines and ingress. `args` (from serve_config.yaml) may override `engines`."""
+    """Compose engines and ingress. `args` (from serve_config.yaml) is accepted for Serve's API."""
     configure_from_settings()
     settings = get_settings()
     from config.cors import cors_policy
@@ -71,11 +88,6 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     cors_policy(settings)  # fail `serve run` itself, with the clear message, not only the replicas
     check_auth_settings(settings)
     deploy, skipped = engine_plan(settings, _cluster_gpus())
-    only = (args or {}).get("engines")
-    if only:
-        for name in [n for n in deploy if n not in only]:
-            deploy.remove(name)
-            skipped[name] = "left out by application args"
     for name, reason in skipped.items():
         logger.info("engine %s not deployed: %s", name, reason)
     handles = {name: _engine_deployment(name, settings) for name in deploy}

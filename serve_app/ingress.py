@@ -183,13 +183,23 @@ def _include_optional_routes(app: FastAPI) -> None:
 
 
 def build_clients(handles: dict[str, Any], unavailable: dict[str, str]) -> dict[str, EngineClient]:
-    clients: dict[str, EngineClient] = {}
+    """Router clients: deployed engines via their handles, unusable ones with the reason (which wins)."""
+    clients: dict[str, EngineClient] = {name: UnavailableEngineClient(name, reason) for name, reason in unavailable.items()}
     for name, handle in handles.items():
-        if handle is not None:
+        if handle is not None and name not in clients:
             clients[name] = HandleEngineClient(name, handle)
-    for name, reason in unavailable.items():
-        clients.setdefault(name, UnavailableEngineClient(name, reason))
     return clients
+
+
+async def _router_lifespan(services: Services) -> Callable[[], Awaitable[None]] | None:
+    """Start the router's background probe loop on the serving loop; stop it at shutdown."""
+    if services.router is None:
+        return None
+    services.router.start()
+    return services.router.aclose
+
+
+register_lifespan_hook(_router_lifespan)
 
 
 def _app_builder() -> FastAPI:
