@@ -1,0 +1,65 @@
+"""A CI-sized run of bench.load against the real Serve application: 20 sessions for 20 seconds.
+
+The same core as the 100-session test (`run_load`): sessions are created, speak streamed
+utterances at a (shortened) conversational pace, heartbeat and finalize; then every session
+must be COMPLETED in the database, no pool connection may be left checked out, and the report
+and plots must be written. The memory limit is loosened: 20 seconds are too short for the 5%
+after-warm-up rule to mean anything (that is what the 10,000-request run is for), but the
+replicas' memory must still have been found and sampled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.load import EXIT_OK, LoadConfig, run_load
+from bench.load_session import Pace
+from bench.load_stats import Thresholds
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+async def test_twenty_sessions_for_twenty_seconds(serve_url: str, tmp_path: Path) -> None:
+    config = LoadConfig(
+        url=serve_url,
+        sessions=20,
+        duration_s=20.0,
+        report_dir=tmp_path / "load",
+        pace=Pace(user_turn_s=(1.0, 2.0), playback_factor=0.5, heartbeat_interval_s=4.0),
+        ramp_up_s=3.0,
+        warmup_requests=20,
+        thresholds=Thresholds(max_memory_growth_pct=100.0),
+        sample_interval_s=1.0,
+        quiet=True,
+    )
+    result = await run_load(config)
+    report = result.report
+
+    assert report["errors"] == {"total": 0, "samples": []}
+    assert report["sessions"]["created"] == 20
+    assert report["sessions"]["completed"] == 20, report["sessions"]["not_completed"]
+    assert report["sessions"]["finalize_ok"] == 20
+    assert report["sessions"]["heartbeats"] > 0
+    assert report["sessions"]["utterances_per_session_min"] >= 1
+    assert report["db_pool"]["checked_out_end"] == 0
+    speech = report["requests"]["by_kind"]["speech"]
+    assert speech["failed"] == 0 and speech["ok"] >= 20
+    assert set(report["ttfb_ms"]["by_engine"]) <= {"zonos", "edge", "flite"}
+    assert report["ttfb_ms"]["all"]["count"] == speech["ok"]
+
+    memory = report["memory"]
+    assert memory["available"] and memory["warmup_reached"]
+    assert any(key.startswith("Ingress#") for key in memory["replicas"])
+    assert memory["total_mb"]["end"] > 0
+    assert report["verdict"] == {"passed": True, "leak": False, "failures": [], "warnings": []}
+    assert result.exit_code == EXIT_OK
+
+    written = json.loads((tmp_path / "load" / "report.json").read_text())
+    assert written["sessions"]["completed"] == 20
+    for name in ("latency.png", "memory.png"):
+        assert (tmp_path / "load" / name).read_bytes()[:8] == PNG_MAGIC
