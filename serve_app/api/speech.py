@@ -22,7 +22,7 @@ from serve_app.api.deps import get_router, get_services, require_api_key
 from serve_app.api.errors import ApiError
 from serve_app.audio import StreamEncoder
 from serve_app.router import AllEnginesFailed, AudioChunk, FallbackRouter, SpeechRequest
-from serve_app.voices import OPENAI_VOICES, is_known_voice
+from serve_app.voices import OPENAI_VOICES, is_known_voice, openai_voice_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +153,17 @@ async def list_voices() -> dict[str, Any]:
     services = get_services()
     tts = get_router()
     voices = await tts.voices()
-    openai = [{"id": name, "engine": "any", "name": name, "gender": gender} for name, gender in OPENAI_VOICES.items()]
-    cloned = [{"id": v, "engine": "zonos", "name": v, "cloned": True} for v in sorted(services.extra_voices())]
+    maps_to = openai_voice_mapping()
+    openai = [
+        {"id": name, "engine": "any", "name": name, "gender": gender, "maps_to": maps_to[name]}
+        for name, gender in OPENAI_VOICES.items()
+    ]
+    store = services.extras.get("voice_store")  # registered clones with their names (voice_upload)
+    cloned = (
+        [v.to_dict() for v in store.list()]
+        if store is not None
+        else [{"id": v, "engine": "zonos", "name": v, "cloned": True} for v in sorted(services.extra_voices())]
+    )
     return {"object": "list", "data": openai + voices + cloned}
 
 
