@@ -23,7 +23,9 @@ async def timed_post(client: httpx.AsyncClient, url: str, body: dict[str, object
     ttfb = None
     nbytes = 0
     async with client.stream("POST", url, json=body) as response:
-        response.raise_for_status()
+        if response.status_code != 200:
+            detail = (await response.aread()).decode(errors="replace")[:300]
+            raise RuntimeError(f"HTTP {response.status_code} from {url}: {detail}")
         async for chunk in response.aiter_raw():
             if ttfb is None and chunk:
                 ttfb = time.perf_counter() - started
