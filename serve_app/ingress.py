@@ -155,14 +155,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
 
-    @app.middleware("http")
-    async def request_id(request: Any, call_next: Any) -> Any:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
-        response = await call_next(request)
-        response.headers["X-Request-ID"] = rid[:64]
-        return response
-
+    app.add_middleware(RequestId)
     return app
+
+
+class RequestId:
+    """Echoes the caller's X-Request-ID (or a new one) on every response.
+
+    Pure ASGI on purpose: Starlette's `@app.middleware("http")` swallows an exception raised while
+    a streaming body is being sent and ends the chunked response cleanly, so a speech stream that
+    fails after its first byte would look complete. Passing the exception through lets the server
+    abort the connection, and the client sees an incomplete transfer.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        rid = (given or uuid.uuid4().hex[:16])[:64].encode("latin-1")
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", rid)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 def _include_optional_routes(app: FastAPI) -> None:

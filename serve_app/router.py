@@ -215,7 +215,11 @@ def _ms(value: float | None) -> float | None:
 
 
 def _reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc)[:200]}"
+    """Short `Type: message` of an engine error; Ray's wrapper (`RayTaskError.cause`) is unwrapped."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
 def _sentence_sink(job: _SentenceJob, engine: str) -> Callable[[bytes], None]:

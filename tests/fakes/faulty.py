@@ -92,6 +92,33 @@ def decode_runs(pcm: bytes) -> list[Run]:
     return [Run(int(samples[s]) // 4, int(samples[s]) % 4, int(e - s)) for s, e in zip(starts, ends, strict=True)]
 
 
+def full_samples(plan: FaultPlan | None = None) -> int:
+    """Samples of one sentence spoken in full (no resampling)."""
+    plan = plan or FaultPlan()
+    return SAMPLE_RATE * plan.chunk_ms // 1000 * max(1, plan.sentence_ms // plan.chunk_ms)
+
+
+def assert_complete(runs: list[Run], text: str) -> None:
+    """Every sentence of `text` arrived, in order, each ending with a full-length run.
+
+    A shorter run of a sentence is allowed only right before that sentence's full run: it is the
+    audible part of an attempt that failed mid-sentence, which the next engine then restarts.
+    """
+    from serve_app.text import normalize, split_sentences
+
+    expected = [token_for(s) for s in split_sentences(normalize(text, max_chars=100_000))]
+    order: list[int] = []
+    for run in runs:
+        if not order or order[-1] != run.token:
+            order.append(run.token)
+    assert order == expected, f"sentences out of order or missing: {order} != {expected}"
+    full = full_samples()
+    for token in expected:
+        mine = [r for r in runs if r.token == token]
+        assert mine[-1].samples == full, f"sentence {token} not spoken in full: {mine}"
+        assert all(r.samples < full for r in mine[:-1]), f"sentence {token} spoken twice: {mine}"
+
+
 class FaultControl(Protocol):
     """Where an engine reads its plan and writes what it was asked to speak."""
 

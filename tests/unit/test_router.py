@@ -16,10 +16,20 @@ from serve_app.breaker import BreakerState
 from serve_app.engine_client import LocalEngineClient, UnavailableEngineClient
 from serve_app.engines.base import InvalidInput
 from serve_app.router import AllEnginesFailed, FallbackRouter, RouterConfig, SpeechRequest, UnknownEngine
-from tests.fakes.faulty import SAMPLE_RATE, FaultPlan, FaultyEngine, LocalControl, Run, decode_runs, token_for
+from tests.fakes.faulty import (
+    SAMPLE_RATE,
+    FaultPlan,
+    FaultyEngine,
+    LocalControl,
+    Run,
+    assert_complete,
+    decode_runs,
+    full_samples,
+    token_for,
+)
 
 CHAIN = ("zonos", "edge", "flite")
-FULL = SAMPLE_RATE * 300 // 1000  # samples of one sentence (default FaultPlan)
+FULL = full_samples()
 
 
 class Rig:
@@ -55,24 +65,6 @@ async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> Non
     while not condition():
         assert loop.time() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
-
-
-def sentences_of(text: str) -> list[str]:
-    return [s if s.endswith(".") else s + "." for s in (p.strip() for p in text.split(".")) if s]
-
-
-def assert_complete(runs: list[Run], text: str) -> None:
-    """Every sentence in order, each ending with a full-length run; partial runs only before a retry."""
-    expected = [token_for(s) for s in sentences_of(text)]
-    order: list[int] = []
-    for run in runs:
-        if not order or order[-1] != run.token:
-            order.append(run.token)
-    assert order == expected
-    for token in expected:
-        mine = [r for r in runs if r.token == token]
-        assert mine[-1].samples == FULL
-        assert all(r.samples <= FULL for r in mine)
 
 
 TEXT = "One apple. Two pears. Three plums. Four figs. Five limes."
