@@ -156,10 +156,10 @@ class VoiceStore:
             raise VoiceLimitReached(f"{self.max_voices} voices are registered already; delete one first")
         try:
             rate, samples = decode_audio(data, max_seconds=MAX_SECONDS)
-        except ValueError as exc:  # over MAX_SECONDS
-            raise InvalidInput(f"reference clip is too long: {exc}; use {MIN_SECONDS:g}-{MAX_SECONDS:g} s") from None
         except (av.error.FFmpegError, IndexError, OSError) as exc:  # not audio, or no audio stream in it
             raise InvalidInput(f"file is not decodable audio ({type(exc).__name__})") from None
+        except ValueError as exc:  # over MAX_SECONDS (PyAV's own errors, also ValueErrors, are caught above)
+            raise InvalidInput(f"reference clip is too long: {exc}; use {MIN_SECONDS:g}-{MAX_SECONDS:g} s") from None
         duration = len(samples) / rate if rate else 0.0
         if duration < MIN_SECONDS:
             raise InvalidInput(f"reference clip is too short ({duration:.2f} s); use {MIN_SECONDS:g}-{MAX_SECONDS:g} s")

@@ -1,0 +1,284 @@
+"""ZonosEngine on the CPU build of torch, against the Zonos test double (tests/fakes/zonos).
+
+The double is importable as `zonos` only inside these tests (the `zonos_double` fixture puts
+tests/fakes on sys.path and removes it, and the imported modules, afterwards).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from serve_app.audio import rms_level
+from serve_app.engines.base import EngineUnavailable, InvalidInput
+from serve_app.engines.zonos import (
+    SAMPLE_RATE,
+    ZonosEngine,
+    ZonosRequest,
+    is_fatal_cuda_error,
+    match_language,
+    speaking_rate,
+)
+from serve_app.voice_store import VoiceStore
+
+FAKES = Path(__file__).resolve().parents[1] / "fakes"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _forget_zonos() -> None:
+    for name in [m for m in sys.modules if m == "zonos" or m.startswith("zonos.")]:
+        del sys.modules[name]
+
+
+@pytest.fixture
+def zonos_double(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    _forget_zonos()
+    monkeypatch.syspath_prepend(str(FAKES))
+    yield
+    _forget_zonos()
+
+
+def tone_wav(path: Path, hz: float, seconds: float = 2.0, rate: int = 16000) -> Path:
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (np.sin(2 * np.pi * hz * t) * 12000 * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype("<i2")
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(samples.tobytes())
+    return path
+
+
+def engine(tmp_path: Path, **kwargs: Any) -> ZonosEngine:
+    return ZonosEngine(device="cpu", voices_dir=str(tmp_path / "voices"), **kwargs)
+
+
+async def speak(e: ZonosEngine, text: str, voice: str | None = "alloy", **kwargs: Any) -> list[bytes]:
+    return [chunk async for chunk in e.synthesize(text, voice, **kwargs)]
+
+
+def dominant_hz(pcm: bytes) -> float:
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(samples))
+    return float(np.argmax(spectrum) * SAMPLE_RATE / len(samples))
+
+
+# --- without the package, without a GPU -----------------------------------------------------------
+
+
+def test_module_imports_without_torch_or_zonos() -> None:
+    code = "import sys, serve_app.engines.zonos, serve_app.engines.zonos_deployment; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+async def test_check_says_the_package_is_missing(tmp_path: Path) -> None:
+    assert importlib.util.find_spec("zonos") is None
+    e = engine(tmp_path)
+    check = await e.check()
+    assert not check.available
+    assert "not installed" in (check.reason or "") and "github.com/Zyphra/Zonos" in (check.reason or "")
+    with pytest.raises(EngineUnavailable, match="not installed"):
+        await speak(e, "Hello.")
+
+
+async def test_check_says_torch_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    check = await engine(tmp_path).check()
+    assert not check.available and "torch is not installed" in (check.reason or "")
+
+
+async def test_check_recognises_the_pypi_placeholder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    placeholder = tmp_path / "site" / "zonos"
+    placeholder.mkdir(parents=True)
+    (placeholder / "__init__.py").write_text("")  # what `pip install zonos` gives
+    _forget_zonos()
+    monkeypatch.syspath_prepend(str(placeholder.parent))
+    try:
+        check = await engine(tmp_path).check()
+    finally:
+        _forget_zonos()
+    assert not check.available and "placeholder" in (check.reason or "")
+
+
+async def test_cuda_device_without_a_gpu_is_reported(tmp_path: Path, zonos_double: None) -> None:
+    e = ZonosEngine(device="cuda", voices_dir=str(tmp_path))
+    check = await e.check()
+    assert not check.available and "CUDA is not available" in (check.reason or "")
+
+
+async def test_unknown_model_is_reported(tmp_path: Path, zonos_double: None) -> None:
+    e = engine(tmp_path, model_name="Zyphra/Zonos-v9")
+    e.load()
+    check = await e.check()
+    assert not check.available and "loading Zyphra/Zonos-v9 on cpu failed" in (check.reason or "")
+
+
+# --- synthesis through the real code path, on the double ------------------------------------------
+
+
+async def test_speaks_pcm_at_44k_in_chunks(tmp_path: Path, zonos_double: None) -> None:
+    e = engine(tmp_path)
+    chunks = await speak(e, "Hello there, this is the primary engine speaking.")
+    pcm = b"".join(chunks)
+    assert e.sample_rate == SAMPLE_RATE == e._model.autoencoder.sampling_rate
+    assert len(chunks) > 1 and all(len(c) % 2 == 0 for c in chunks)
+    assert 1.0 < len(pcm) / (2 * SAMPLE_RATE) < 10.0
+    assert rms_level(pcm) > 1000
+    assert (await e.check()).details["loaded"] is True
+
+
+async def test_speed_and_text_length_shape_the_audio(tmp_path: Path, zonos_double: None) -> None:
+    e = engine(tmp_path)
+    short = b"".join(await speak(e, "Short one."))
+    long = b"".join(await speak(e, "A considerably longer sentence, with many more words to say."))
+    fast = b"".join(await speak(e, "A considerably longer sentence, with many more words to say.", speed=2.0))
+    assert len(short) < len(long)
+    assert len(fast) < 0.75 * len(long)
+    assert speaking_rate(2.0) == 30.0 and speaking_rate(0.25) == 5.0
+
+
+async def test_concurrent_requests_share_one_generate_call(tmp_path: Path, zonos_double: None) -> None:
+    e = engine(tmp_path, seed=7)
+    texts = ["Hi.", "A medium length sentence here.", "And a much longer sentence, which takes a while to say."]
+    e.load()
+    alone = [await e.render_batch([ZonosRequest(t, "en-us", "default")]) for t in texts]
+    e._model.generate_calls.clear()
+    batched = await e.render_batch([ZonosRequest(t, "en-us", "default") for t in texts])
+    assert e._model.generate_calls == [3]
+    # Each row is cut at its own end: the same length as when spoken alone, not the batch's longest.
+    assert [len(r) for r in batched] == [len(a[0]) for a in alone]  # type: ignore[arg-type]
+    assert len(batched[0]) < len(batched[2])  # type: ignore[arg-type]
+    assert (await e.check()).details["batching"]["largest"] == 3
+
+
+async def test_bad_item_fails_alone_and_the_rest_of_the_batch_is_spoken(tmp_path: Path, zonos_double: None) -> None:
+    e = engine(tmp_path)
+    e.load()
+    results = await e.render_batch(
+        [ZonosRequest("Fine.", "en-us", "default"), ZonosRequest("Missing.", "en-us", "clone-000000000000")]
+    )
+    assert isinstance(results[0], bytes) and len(results[0]) > 0
+    assert isinstance(results[1], InvalidInput)
+
+
+async def test_cloned_voice_is_used_and_its_embedding_cached(tmp_path: Path, zonos_double: None) -> None:
+    store = VoiceStore(tmp_path / "voices")
+    low = store.add(tone_wav(tmp_path / "low.wav", 140).read_bytes(), "low")
+    high = store.add(tone_wav(tmp_path / "high.wav", 2500).read_bytes(), "high")
+    e = engine(tmp_path)
+    e.load()
+    calls: list[int] = []
+    original = e._model.make_speaker_embedding
+
+    def counting(wav: Any, sr: int) -> Any:
+        calls.append(sr)
+        return original(wav, sr)
+
+    e._model.make_speaker_embedding = counting
+    text = "The same sentence in two voices."
+    first = b"".join(await speak(e, text, low.id))
+    again = b"".join(await speak(e, text, low.id))
+    other = b"".join(await speak(e, text, high.id))
+    assert calls == [16000, 16000]  # one embedding per clip; the second request hit the cache
+    assert (await e.check()).details["speakers_cached"] == 2
+    assert len(first) == len(again)
+    assert dominant_hz(first) != pytest.approx(dominant_hz(other), abs=5.0)
+    with pytest.raises(InvalidInput, match="not registered"):
+        await speak(e, text, "clone-0123456789ab")
+
+
+async def test_speaker_cache_is_bounded(tmp_path: Path, zonos_double: None) -> None:
+    store = VoiceStore(tmp_path / "voices")
+    ids = [store.add(tone_wav(tmp_path / f"{hz}.wav", hz).read_bytes()).id for hz in (200, 400, 800)]
+    e = engine(tmp_path, voice_cache_size=2)
+    for voice_id in ids:
+        await speak(e, "Hello.", voice_id)
+    assert list(e._speakers) == ids[1:]
+
+
+async def test_default_speaker_comes_from_zonos_speaker_audio(tmp_path: Path, zonos_double: None) -> None:
+    plain = engine(tmp_path)
+    cloned = engine(tmp_path, speaker_audio=str(tone_wav(tmp_path / "ref.wav", 900)))
+    a = b"".join(await speak(plain, "Default speaker."))
+    b = b"".join(await speak(cloned, "Default speaker."))
+    assert cloned._default_speaker is not None and tuple(cloned._default_speaker.shape) == (1, 1, 128)
+    assert dominant_hz(a) != pytest.approx(dominant_hz(b), abs=5.0)
+    broken = engine(tmp_path, speaker_audio=str(tmp_path / "missing.wav"))
+    broken.load()
+    assert "FileNotFoundError" in ((await broken.check()).reason or "")
+
+
+async def test_default_and_cloned_speakers_in_one_batch(tmp_path: Path, zonos_double: None) -> None:
+    store = VoiceStore(tmp_path / "voices")
+    clone = store.add(tone_wav(tmp_path / "c.wav", 300).read_bytes())
+    e = engine(tmp_path)
+    e.load()
+    speakers = ["default", clone.id, "default"]
+    results = await e.render_batch([ZonosRequest(f"Line {i}.", "en-us", s) for i, s in enumerate(speakers)])
+    assert all(isinstance(r, bytes) and r for r in results)
+    assert sorted(e._model.generate_calls) == [1, 2]  # no-speaker rows and speaker rows batch separately
+
+
+@pytest.mark.parametrize(
+    ("tag", "code"),
+    [("en", "en-us"), ("en-GB", "en-gb"), ("fr_FR", "fr-fr"), ("fr", "fr-fr"), ("de-DE", "de"), ("xx", None)],
+)
+def test_language_tags_map_to_zonos_codes(tag: str, code: str | None, zonos_double: None) -> None:
+    from zonos.conditioning import supported_language_codes
+
+    assert match_language(tag, supported_language_codes) == code
+
+
+async def test_unsupported_language_and_bad_input_are_the_callers_fault(tmp_path: Path, zonos_double: None) -> None:
+    e = engine(tmp_path)
+    with pytest.raises(InvalidInput, match="language"):
+        await speak(e, "Hello.", language="xx")
+    with pytest.raises(InvalidInput):
+        await speak(e, "   ")
+    with pytest.raises(InvalidInput):
+        await speak(e, "Hello.", "no-such-voice")
+    with pytest.raises(InvalidInput):
+        await speak(e, "Hello.", speed=5.0)
+
+
+async def test_cuda_errors_fail_health_but_out_of_memory_does_not(tmp_path: Path, zonos_double: None) -> None:
+    e = engine(tmp_path)
+    e.load()
+
+    def oom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    e._model.generate = oom
+    with pytest.raises(EngineUnavailable):
+        await speak(e, "Hello.")
+    assert await e.health() is None
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    e._model.generate = broken
+    with pytest.raises(EngineUnavailable):
+        await speak(e, "Hello.")
+    assert "illegal memory access" in (await e.health() or "")
+    assert not (await e.check()).available
+    with pytest.raises(EngineUnavailable, match="CUDA error"):
+        await speak(e, "Hello.")
+    assert is_fatal_cuda_error(RuntimeError("CUDA error: device-side assert triggered"))
+    assert not is_fatal_cuda_error(ValueError("bad shape"))
+
+
+def test_warmup_runs_one_generate(tmp_path: Path, zonos_double: None) -> None:
+    e = engine(tmp_path)
+    e.load()
+    e.warmup()
+    assert e._model.generate_calls == [1]
