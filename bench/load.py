@@ -34,7 +34,17 @@ from bench.load_client import Recorder, ServiceClient
 from bench.load_memory import ReplicaLocator, make_locator, read_rss, total_mb
 from bench.load_report import plot_latency, plot_memory, request_counts, write_report
 from bench.load_session import DEFAULT_UTTERANCES, Pace, RunControl, SessionStats, load_utterances, run_session
-from bench.load_stats import Thresholds, evaluate, growth_pct, latency_summary, memory_growth, parse_range, summaries_by
+from bench.load_stats import (
+    Thresholds,
+    evaluate,
+    growth_pct,
+    growth_windows,
+    latency_summary,
+    memory_growth,
+    parse_range,
+    summaries_by,
+    window_median,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 2
 
@@ -226,8 +236,14 @@ async def _engines(http: httpx.AsyncClient) -> dict[str, Any]:
 
 
 def _memory_section(
-    config: LoadConfig, timeline: Timeline, locator: ReplicaLocator, warmup_t: float | None
+    config: LoadConfig, timeline: Timeline, locator: ReplicaLocator, warmup_t: float | None, load_end_t: float
 ) -> dict[str, Any]:
+    """Replica RSS at start, after warm-up, at the end of load and after it, and the growth verdict input.
+
+    Growth compares the median of a window of samples right after warm-up with the median of the
+    last window before the load stops (bench/load_stats.py): a leak is a level that keeps rising
+    with requests, not the moment a burst of in-flight streams happens to be in memory.
+    """
     samples = [(t, s) for t, s in timeline.samples if s]
     section: dict[str, Any] = {
         "available": bool(samples),
@@ -239,34 +255,47 @@ def _memory_section(
         "warmup_requests": config.effective_warmup(),
         "warmup_reached": warmup_t is not None,
         "warmup_t": round(warmup_t, 2) if warmup_t is not None else None,
+        "window_samples": None,
         "threshold_pct": config.thresholds.max_memory_growth_pct,
         "growth_after_warmup_pct": None,
         "growth_from_start_pct": None,
         "total_mb": {},
         "replicas": {},
+        "timeline": [],
     }
     if not samples:
         section["reason"] = section["reason"] or "no replica process found on this host"
         return section
-    start = samples[0][1]
-    end = samples[-1][1]
-    warm = next((s for t, s in samples if warmup_t is not None and t >= warmup_t), start)
+    start, final = samples[0][1], samples[-1][1]
+    base_t = warmup_t if warmup_t is not None else samples[0][0]
+    under_load = [s for t, s in samples if base_t <= t <= load_end_t] or [start, final]
+    k = growth_windows(len(under_load))
+    warm, end = window_median(under_load[:k]), window_median(under_load[-k:])
     growth, warm_bytes, end_bytes = memory_growth(warm, end)
+    section["window_samples"] = k
     section["growth_after_warmup_pct"] = growth
-    section["growth_from_start_pct"] = memory_growth(start, end)[0]
+    section["growth_from_start_pct"] = memory_growth(start, final)[0]
     section["total_mb"] = {
         "start": total_mb(start),
         "after_warmup": round(warm_bytes / 1_048_576, 1),
-        "end": round(end_bytes / 1_048_576, 1),
+        "end_of_load": round(end_bytes / 1_048_576, 1),
+        "final": total_mb(final),
         "peak": max(total_mb(s) for _, s in samples),
     }
+
+    def mb(sample: dict[str, int], key: str) -> float | None:
+        return round(sample[key] / 1_048_576, 1) if key in sample else None
+
     for key in sorted({k for _, s in samples for k in s}):
         section["replicas"][key] = {
-            "start_mb": round(start[key] / 1_048_576, 1) if key in start else None,
-            "after_warmup_mb": round(warm[key] / 1_048_576, 1) if key in warm else None,
-            "end_mb": round(end[key] / 1_048_576, 1) if key in end else None,
+            "start_mb": mb(start, key),
+            "after_warmup_mb": mb(warm, key),
+            "end_of_load_mb": mb(end, key),
+            "final_mb": mb(final, key),
             "growth_after_warmup_pct": growth_pct(warm[key], end[key]) if key in warm and key in end else None,
         }
+    step = max(1, len(samples) // 400)
+    section["timeline"] = [[round(t, 1), total_mb(s)] for t, s in samples[::step]]
     if warmup_t is None:
         section["reason"] = "warm-up not reached: growth measured from the first sample"
     return section
@@ -363,7 +392,7 @@ def _finish(
     """Build the report, draw the plots, decide the verdict."""
     speech = [c for c in recorder.calls if c.kind == "speech"]
     ok_ttfb = [(c.engine or "unknown", c.ttfb_s) for c in speech if c.ok and c.ttfb_s is not None]
-    memory = _memory_section(config, timeline, locator, warmup_t)
+    memory = _memory_section(config, timeline, locator, warmup_t, load_end_t)
     completed = sum(1 for status in statuses.values() if status == "COMPLETED")
     checked_out = int(pool_end["checked_out"]) if pool_end and "checked_out" in pool_end else None
     verdict = evaluate(
@@ -455,7 +484,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if memory["available"]:
         lines.append(
             f"replica rss MiB start {memory['total_mb']['start']} after warm-up {memory['total_mb']['after_warmup']} "
-            f"end {memory['total_mb']['end']}: growth after warm-up {memory['growth_after_warmup_pct']}% "
+            f"end of load {memory['total_mb']['end_of_load']} final {memory['total_mb']['final']}: "
+            f"growth after warm-up {memory['growth_after_warmup_pct']}% "
             f"(limit {memory['threshold_pct']}%)"
         )
     else:

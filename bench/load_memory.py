@@ -47,11 +47,15 @@ class ReplicaLocator(Protocol):
         ...
 
 
-def deployment_of(class_name: str, app: str) -> str | None:
-    """`ServeReplica:tts:Ingress` -> `Ingress` when it belongs to `app`, else None."""
+def deployment_of(title: str, app: str) -> str | None:
+    """`ServeReplica:tts:Ingress` -> `Ingress` when it belongs to `app`, else None.
+
+    Ray retitles a worker while it runs a task (`ServeReplica:tts:Ingress.handle_request`), so
+    whatever follows the first dot is the method, not part of the deployment's name.
+    """
     prefix = f"{REPLICA_PREFIX}{app}:"
-    if class_name.startswith(prefix):
-        return class_name[len(prefix) :] or None
+    if title.startswith(prefix):
+        return title[len(prefix) :].split(".", 1)[0] or None
     return None
 
 

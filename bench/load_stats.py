@@ -56,6 +56,21 @@ def memory_growth(baseline: Mapping[str, int], end: Mapping[str, int]) -> tuple[
     return growth_pct(before, after), before, after
 
 
+def window_median(samples: Sequence[Mapping[str, int]]) -> dict[str, int]:
+    """Per-replica median over a window of samples.
+
+    One sample is one instant; a window of them is not thrown by the moment a burst of
+    in-flight requests happens to be held in memory, so growth compares levels, not spikes.
+    """
+    keys = sorted({key for sample in samples for key in sample})
+    return {key: int(np.median([s[key] for s in samples if key in s])) for key in keys}
+
+
+def growth_windows(count: int, fraction: float = 0.1, minimum: int = 3) -> int:
+    """How many samples the baseline and end windows each take out of `count` (never overlapping)."""
+    return max(1, min(count // 2, max(minimum, int(count * fraction))))
+
+
 @dataclass
 class Thresholds:
     """What makes a run fail: memory growth after warm-up, pool connections still checked out."""

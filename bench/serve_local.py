@@ -91,9 +91,7 @@ def start(
         log_to_driver=False,
         configure_logging=False,
     )
-    config = load_config(port=port or free_port(), host="127.0.0.1")
-    _drop_undeployed_engines(config, float(ray.cluster_resources().get("GPU", 0.0)))
-    url = deploy_config(config)
+    url = deploy_config(load_config(port=port or free_port(), host="127.0.0.1"))
     wait_http(f"{url}/health")
     metrics_port = context.address_info.get("metrics_export_port")
     return {
@@ -104,21 +102,6 @@ def start(
         "database_url": database_url,
         "chain": chain,
     }
-
-
-def _drop_undeployed_engines(config: Any, gpus: float) -> None:
-    """Remove the YAML entries of engines this chain does not deploy.
-
-    Serve refuses a config that names a deployment the application does not build
-    ("Deployment 'EdgeEngine' does not exist"), and with Edge left out of the chain it is not built.
-    """
-    from config.settings import get_settings
-    from serve_app.app import engine_plan
-
-    deployed, _ = engine_plan(get_settings(), gpus)
-    built = {f"{name.capitalize()}Engine" for name in deployed}
-    for app in config.applications:
-        app.deployments = [d for d in app.deployments if not d.name.endswith("Engine") or d.name in built]
 
 
 def stop() -> None:

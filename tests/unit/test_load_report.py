@@ -134,6 +134,8 @@ def test_deployment_of_matches_only_the_application() -> None:
     assert deployment_of("ServeReplica:tts:Ingress", "tts") == "Ingress"
     assert deployment_of("ServeReplica:other:Ingress", "tts") is None
     assert deployment_of("ProxyActor", "tts") is None
+    # Ray retitles a worker with the method it is running.
+    assert deployment_of("ServeReplica:tts:Ingress.handle_request_with_rejection", "tts") == "Ingress"
 
 
 def test_make_locator_by_host(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,10 +8,12 @@ from bench.load_stats import (
     Thresholds,
     evaluate,
     growth_pct,
+    growth_windows,
     latency_summary,
     memory_growth,
     parse_range,
     summaries_by,
+    window_median,
 )
 
 
@@ -111,3 +113,15 @@ def test_parse_range(text: str, expected: tuple[float, float]) -> None:
 def test_parse_range_rejects_bad_input(text: str) -> None:
     with pytest.raises(ValueError):
         parse_range(text)
+
+
+def test_window_median_ignores_a_spike() -> None:
+    window = [{"Ingress#1": 100}, {"Ingress#1": 300, "Flite#2": 10}, {"Ingress#1": 102}]
+    assert window_median(window) == {"Flite#2": 10, "Ingress#1": 102}
+
+
+def test_growth_windows_never_overlap() -> None:
+    assert growth_windows(100) == 10
+    assert growth_windows(20) == 3
+    assert growth_windows(4) == 2
+    assert growth_windows(1) == 1
