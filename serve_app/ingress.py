@@ -62,31 +62,34 @@ class BodySizeLimit:
             return
         received = 0
         responded = False
+        rejected = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            # A streamed (chunked) body over the limit is answered 413 right here and the app is
+            # told the client left: raising instead would reach FastAPI's body parser, which turns
+            # any exception into a 400 "error parsing the body".
+            nonlocal received, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _TooLarge
+                    rejected = True
+                    if not responded:
+                        await _send_413(send, limit)
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal responded
+            if rejected:
+                return  # the 413 is already the answer; drop what the app says after it
             if message["type"] == "http.response.start":
                 responded = True
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not responded:
-                await _send_413(send, limit)
-
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, limited_receive, tracking_send)
 
 
 async def _send_413(send: Send, limit: int) -> None:

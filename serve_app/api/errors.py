@@ -70,6 +70,9 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     msg = str(first.get("msg", "invalid value"))
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
+    if not param and first.get("type") == "model_attributes_type":
+        # A form, multipart or plain-text body where a JSON object was expected.
+        return "request body must be a JSON object (Content-Type: application/json)", None
     return (f"{param}: {msg}" if param else msg), param
 
 
