@@ -8,6 +8,7 @@ requested container chunk by chunk, so the first bytes leave before the last sen
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 from collections.abc import Iterator
@@ -39,6 +40,10 @@ def _frame(pcm: bytes, rate: int) -> av.AudioFrame:
     return frame
 
 
+def _frames_to_pcm(frames: list[av.AudioFrame]) -> bytes:
+    return b"".join(bytes(f.planes[0])[: f.samples * SAMPLE_WIDTH] for f in frames)
+
+
 class StreamResampler:
     """Stateful s16 mono resampler; identity when the rates match."""
 
@@ -61,12 +66,12 @@ class StreamResampler:
             return b""
         if self._resampler is None:
             return pcm
-        return b"".join(bytes(f.planes[0])[: f.samples * SAMPLE_WIDTH] for f in self._resampler.resample(_frame(pcm, self.in_rate)))
+        return _frames_to_pcm(self._resampler.resample(_frame(pcm, self.in_rate)))
 
     def flush(self) -> bytes:
         if self._resampler is None:
             return b""
-        return b"".join(bytes(f.planes[0])[: f.samples * SAMPLE_WIDTH] for f in self._resampler.resample(None))
+        return _frames_to_pcm(self._resampler.resample(None))
 
 
 def resample_pcm(pcm: bytes, in_rate: int, out_rate: int) -> bytes:
@@ -179,10 +184,8 @@ class StreamEncoder:
     def close(self) -> None:
         """Release codec resources when a stream is abandoned mid-way."""
         if self._container is not None:
-            try:
+            with contextlib.suppress(Exception):  # already closed or half-written: nothing left to free
                 self._container.close()
-            except Exception:  # already closed or half-written: nothing left to free
-                pass
             self._container = None
 
 

@@ -140,7 +140,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="voice-tts-serve",
         version="0.1.0",
-        description="OpenAI-compatible text-to-speech on Ray Serve: Zonos, Edge TTS and Flite behind a fallback router.",
+        description=(
+            "OpenAI-compatible text-to-speech on Ray Serve: Zonos, Edge TTS and Flite behind a fallback router."
+        ),
         lifespan=lifespan,
     )
     install_error_handlers(app)
@@ -209,7 +211,9 @@ def _include_optional_routes(app: FastAPI) -> None:
 
 def build_clients(handles: dict[str, Any], unavailable: dict[str, str]) -> dict[str, EngineClient]:
     """Router clients: deployed engines via their handles, unusable ones with the reason (which wins)."""
-    clients: dict[str, EngineClient] = {name: UnavailableEngineClient(name, reason) for name, reason in unavailable.items()}
+    clients: dict[str, EngineClient] = {
+        name: UnavailableEngineClient(name, reason) for name, reason in unavailable.items()
+    }
     for name, handle in handles.items():
         if handle is not None and name not in clients:
             clients[name] = HandleEngineClient(name, handle)

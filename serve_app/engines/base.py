@@ -19,13 +19,13 @@ class TTSError(Exception):
     code = "tts_error"
 
 
-class InvalidInput(TTSError):  # noqa: N818 - the architecture names it so
+class InvalidInput(TTSError):
     """The request itself is wrong (empty text, unknown voice): the caller's fault, never a strike."""
 
     code = "invalid_input"
 
 
-class EngineUnavailable(TTSError):  # noqa: N818
+class EngineUnavailable(TTSError):
     """The engine cannot serve now (missing dependency, crashed, network down)."""
 
     code = "engine_unavailable"

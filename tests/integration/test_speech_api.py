@@ -64,7 +64,9 @@ def test_pcm_is_24khz_s16le(client: httpx.Client) -> None:
     assert rms_level(response.content) > 500
 
 
-@pytest.mark.parametrize(("fmt", "ctype"), [("mp3", "audio/mpeg"), ("opus", "audio/ogg"), ("aac", "audio/aac"), ("flac", "audio/flac")])
+@pytest.mark.parametrize(
+    ("fmt", "ctype"), [("mp3", "audio/mpeg"), ("opus", "audio/ogg"), ("aac", "audio/aac"), ("flac", "audio/flac")]
+)
 def test_compressed_formats_decode(client: httpx.Client, fmt: str, ctype: str) -> None:
     response = speech(client, response_format=fmt, engine="flite")
     assert response.status_code == 200, response.text
@@ -89,7 +91,9 @@ def test_text_starting_with_dash_is_spoken(client: httpx.Client) -> None:
 def test_streams_before_the_whole_input_is_spoken(client: httpx.Client) -> None:
     text = " ".join(f"This is sentence number {i} of a long answer." for i in range(12))
     with client.stream(
-        "POST", "/v1/audio/speech", json={"model": "tts-1", "voice": "alloy", "input": text, "response_format": "pcm", "engine": "flite"}
+        "POST",
+        "/v1/audio/speech",
+        json={"model": "tts-1", "voice": "alloy", "input": text, "response_format": "pcm", "engine": "flite"},
     ) as response:
         assert response.status_code == 200
         chunks = [len(c) for c in response.iter_raw()]

@@ -42,7 +42,13 @@ def test_no_text_is_lost() -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("", "empty"), ("   \n\t ", "empty"), ("a\x00b", "control"), ("...!!!", "nothing to speak"), ("x" * 5000, "limit")],
+    [
+        ("", "empty"),
+        ("   \n\t ", "empty"),
+        ("a\x00b", "control"),
+        ("...!!!", "nothing to speak"),
+        ("x" * 5000, "limit"),
+    ],
 )
 def test_normalize_rejects_bad_input(text: str, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
