@@ -1,0 +1,53 @@
+"""deploy/serve_config.gpu.yaml: valid for Serve, Zonos on a GPU with sane autoscaling and batching,
+and every other deployment exactly as in serve_config.yaml (so the two files cannot drift apart)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from config.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load(path: Path) -> dict[str, Any]:
+    raw = yaml.safe_load(path.read_text())
+    ServeDeploySchema.model_validate(raw)  # what `serve run` / `serve deploy` accept
+    return raw
+
+
+def deployments(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {d["name"]: d for d in raw["applications"][0]["deployments"]}
+
+
+def test_gpu_config_adds_an_autoscaled_batched_zonos_deployment() -> None:
+    gpu = load(ROOT / "deploy" / "serve_config.gpu.yaml")
+    zonos = deployments(gpu)["ZonosEngine"]
+    assert zonos["ray_actor_options"]["num_gpus"] >= 1
+    scaling = zonos["autoscaling_config"]
+    assert 1 <= scaling["min_replicas"] <= scaling["max_replicas"]
+    assert 0 < scaling["target_ongoing_requests"] <= zonos["max_ongoing_requests"]
+    env = gpu["applications"][0]["runtime_env"]["env_vars"]
+    settings = load_settings(**{k.lower(): v for k, v in env.items() if k.startswith("ZONOS_")})
+    assert settings.zonos_device == "cuda" and settings.zonos_num_gpus >= 1
+    # A replica must be allowed enough requests in flight to fill a batch.
+    assert zonos["max_ongoing_requests"] >= settings.zonos_max_batch_size
+
+
+def test_gpu_config_matches_the_cpu_config_elsewhere() -> None:
+    cpu = load(ROOT / "serve_config.yaml")
+    gpu = load(ROOT / "deploy" / "serve_config.gpu.yaml")
+    assert {k: v for k, v in gpu.items() if k != "applications"} == {
+        k: v for k, v in cpu.items() if k != "applications"
+    }
+    cpu_app, gpu_app = cpu["applications"][0], gpu["applications"][0]
+    for key in ("name", "route_prefix", "import_path", "args"):
+        assert gpu_app[key] == cpu_app[key]
+    gpu_deployments = deployments(gpu)
+    assert gpu_deployments.pop("ZonosEngine")
+    assert gpu_deployments == deployments(cpu)
+    assert "ZonosEngine" not in deployments(cpu)  # a CPU-only cluster never has it in the app
