@@ -216,7 +216,7 @@ class EdgeEngine(Engine):
         chosen = self.resolve_voice(voice)
         return prefer_language(self.name, chosen, language, [v.id for v in self.voices()])
 
-    async def _next(self, stream: AsyncIterator[dict[str, Any]], timeout_s: float) -> dict[str, Any] | None:
+    async def _next(self, stream: AsyncIterator[Any], timeout_s: float) -> dict[str, Any] | None:
         """The next message of the library's stream, None at its end; errors typed for the router."""
         try:
             async with asyncio.timeout(timeout_s):

@@ -17,15 +17,13 @@ below are defaults for code that binds the deployment directly (tests, `serve ru
 
 from __future__ import annotations
 
-import logging
+from typing import Any
 
 from ray import serve
 
 from config.settings import get_settings
 from serve_app.deployments import EngineHost
 from serve_app.engines.zonos import BatchResult, ZonosEngine, ZonosRequest
-
-logger = logging.getLogger(__name__)
 
 
 class ZonosHost(EngineHost):
@@ -37,8 +35,9 @@ class ZonosHost(EngineHost):
         super().__init__("zonos")
         settings = get_settings()
         # The decorator's numbers are placeholders: the settings decide, per replica.
-        self.render_batch.set_max_batch_size(settings.zonos_max_batch_size)
-        self.render_batch.set_batch_wait_timeout_s(settings.zonos_batch_wait_timeout_s)
+        batcher: Any = self.render_batch  # the wrapper @serve.batch returns carries these setters
+        batcher.set_max_batch_size(settings.zonos_max_batch_size)
+        batcher.set_batch_wait_timeout_s(settings.zonos_batch_wait_timeout_s)
         self.engine.use_renderer(self.render_batch)
         self.engine.load()
         if settings.zonos_warmup:
