@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from typing import Any
+from typing import Any, cast
 
 from ray.serve import Application
 
@@ -70,12 +70,12 @@ def _engine_deployment(name: str, settings: Settings) -> Any:
     if name == "zonos":
         from serve_app.engines.zonos_deployment import ZonosDeployment
 
-        return ZonosDeployment.options(
+        return cast(Any, ZonosDeployment).options(
             ray_actor_options={"num_gpus": settings.zonos_num_gpus, "num_cpus": 1}
         ).bind()
     from serve_app.deployments import EngineDeployment
 
-    return EngineDeployment.options(name=f"{name.capitalize()}Engine").bind(name)
+    return cast(Any, EngineDeployment).options(name=f"{name.capitalize()}Engine").bind(name)
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
@@ -89,11 +89,11 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     check_auth_settings(settings)
     deploy, skipped = engine_plan(settings, _cluster_gpus())
     for name, reason in skipped.items():
-        logger.info("engine %s not deployed: %s", name, reason)
+        logger.info("engine %s not used by the router: %s", name, reason)
     handles = {name: _engine_deployment(name, settings) for name in deploy}
     from serve_app.ingress import Ingress
 
-    return Ingress.bind(**handles, unavailable=skipped)
+    return cast(Application, cast(Any, Ingress).bind(**handles, unavailable=skipped))
 
 
 app = build_app
