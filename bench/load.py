@@ -92,6 +92,23 @@ class LoadConfig:
 
 
 @dataclass
+class RunData:
+    """What a run measured besides the calls and memory samples: sessions, pool, engines, timing."""
+
+    run_id: str
+    started_at: datetime
+    engines: dict[str, Any]
+    stats: list[SessionStats]
+    statuses: dict[str, str | None]
+    pool_start: dict[str, Any] | None
+    pool_end: dict[str, Any] | None
+    pool_waited_s: float
+    warmup_t: float | None
+    load_end_t: float
+    host: dict[str, Any]
+
+
+@dataclass
 class LoadResult:
     report: dict[str, Any]
     exit_code: int
@@ -307,6 +324,7 @@ async def run_load(config: LoadConfig, control: RunControl | None = None) -> Loa
     control = control or RunControl(config.duration_s, config.requests_target)
     run_id = uuid.uuid4().hex[:8]
     started_at = datetime.now(UTC)
+    load_avg_start = os.getloadavg()[0]
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
     limits = httpx.Limits(max_connections=config.sessions * 2 + 20, max_keepalive_connections=config.sessions + 20)
     timeout = httpx.Timeout(config.timeout_s, connect=10.0, pool=config.timeout_s)
@@ -355,49 +373,38 @@ async def run_load(config: LoadConfig, control: RunControl | None = None) -> Loa
         statuses = await _verify_sessions(client, created)
         pool_end, pool_waited = await _settled_pool(client, config.pool_settle_s)
         await timeline.sample()
-    return _finish(
-        config,
-        recorder,
-        timeline,
-        locator,
-        stats,
-        statuses,
-        engines,
-        pool_start,
-        pool_end,
-        pool_waited,
-        warmup_t,
-        load_end_t,
-        started_at,
-        run_id,
+    run = RunData(
+        run_id=run_id,
+        started_at=started_at,
+        engines=engines,
+        stats=stats,
+        statuses=statuses,
+        pool_start=pool_start,
+        pool_end=pool_end,
+        pool_waited_s=pool_waited,
+        warmup_t=warmup_t,
+        load_end_t=load_end_t,
+        host={
+            "cpus": os.cpu_count(),
+            "load_avg_1m_start": round(load_avg_start, 2),
+            "load_avg_1m_end": round(os.getloadavg()[0], 2),
+        },
     )
+    return _finish(config, recorder, timeline, locator, run)
 
 
 def _finish(
-    config: LoadConfig,
-    recorder: Recorder,
-    timeline: Timeline,
-    locator: ReplicaLocator,
-    stats: list[SessionStats],
-    statuses: dict[str, str | None],
-    engines: dict[str, Any],
-    pool_start: dict[str, Any] | None,
-    pool_end: dict[str, Any] | None,
-    pool_waited: float,
-    warmup_t: float | None,
-    load_end_t: float,
-    started_at: datetime,
-    run_id: str,
+    config: LoadConfig, recorder: Recorder, timeline: Timeline, locator: ReplicaLocator, run: RunData
 ) -> LoadResult:
     """Build the report, draw the plots, decide the verdict."""
     speech = [c for c in recorder.calls if c.kind == "speech"]
     ok_ttfb = [(c.engine or "unknown", c.ttfb_s) for c in speech if c.ok and c.ttfb_s is not None]
-    memory = _memory_section(config, timeline, locator, warmup_t, load_end_t)
-    completed = sum(1 for status in statuses.values() if status == "COMPLETED")
-    checked_out = int(pool_end["checked_out"]) if pool_end and "checked_out" in pool_end else None
+    memory = _memory_section(config, timeline, locator, run.warmup_t, run.load_end_t)
+    completed = sum(1 for status in run.statuses.values() if status == "COMPLETED")
+    checked_out = int(run.pool_end["checked_out"]) if run.pool_end and "checked_out" in run.pool_end else None
     verdict = evaluate(
         errors=recorder.errors,
-        sessions_created=len(statuses),
+        sessions_created=len(run.statuses),
         sessions_expected=config.sessions,
         sessions_completed=completed,
         memory_growth_pct=memory["growth_after_warmup_pct"],
@@ -410,20 +417,21 @@ def _finish(
     config.report_dir.mkdir(parents=True, exist_ok=True)
     plots = [
         plot_latency(config.report_dir / "latency.png", recorder.calls, timeline.active).name,
-        plot_memory(config.report_dir / "memory.png", timeline.samples, warmup_t, load_end_t).name,
+        plot_memory(config.report_dir / "memory.png", timeline.samples, run.warmup_t, run.load_end_t).name,
     ]
     report: dict[str, Any] = {
         "config": _config_dict(config),
         "run": {
-            "id": run_id,
+            "id": run.run_id,
             "url": config.url,
-            "started_at": started_at.isoformat(timespec="seconds"),
+            "started_at": run.started_at.isoformat(timespec="seconds"),
             "wall_s": round(recorder.now(), 1),
-            "load_s": round(load_end_t, 1),
-            "engines": engines,
-            "speech_per_s": round(len(speech) / load_end_t, 2) if load_end_t > 0 else None,
+            "load_s": round(run.load_end_t, 1),
+            "engines": run.engines,
+            "speech_per_s": round(len(speech) / run.load_end_t, 2) if run.load_end_t > 0 else None,
             "audio_seconds": round(sum(c.audio_s or 0.0 for c in speech if c.ok), 1),
             "answered_by": {k: sum(1 for e, _ in ok_ttfb if e == k) for k in sorted({e for e, _ in ok_ttfb})},
+            "host": run.host,
         },
         "requests": request_counts(recorder.calls),
         "errors": {"total": recorder.errors, "samples": recorder.error_samples},
@@ -433,20 +441,20 @@ def _finish(
         },
         "sessions": {
             "requested": config.sessions,
-            "created": len(statuses),
+            "created": len(run.statuses),
             "completed": completed,
-            "finalize_ok": sum(1 for s in stats if s.finalized),
-            "heartbeats": sum(s.heartbeats for s in stats),
-            "utterances": sum(s.utterances for s in stats),
-            "utterances_per_session_min": min((s.utterances for s in stats), default=0),
-            "not_completed": [{"id": i, "status": st} for i, st in statuses.items() if st != "COMPLETED"][:50],
+            "finalize_ok": sum(1 for s in run.stats if s.finalized),
+            "heartbeats": sum(s.heartbeats for s in run.stats),
+            "utterances": sum(s.utterances for s in run.stats),
+            "utterances_per_session_min": min((s.utterances for s in run.stats), default=0),
+            "not_completed": [{"id": i, "status": st} for i, st in run.statuses.items() if st != "COMPLETED"][:50],
         },
         "memory": memory,
         "db_pool": {
-            "start": pool_start,
-            "end": pool_end,
+            "start": run.pool_start,
+            "end": run.pool_end,
             "checked_out_end": checked_out,
-            "settle_wait_s": round(pool_waited, 2),
+            "settle_wait_s": round(run.pool_waited_s, 2),
         },
         "verdict": verdict.as_dict(),
         "plots": plots,

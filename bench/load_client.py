@@ -185,7 +185,7 @@ class ServiceClient:
                         ttfb = time.perf_counter() - started
                     nbytes += len(chunk)
         except httpx.HTTPError as exc:
-            call = Call("speech", t, time.perf_counter() - started, False, None, ttfb=ttfb)
+            call = Call("speech", t, time.perf_counter() - started, False, None, ttfb_s=ttfb)
             return self.recorder.add(
                 call, message=f"{type(exc).__name__} after {nbytes} bytes: {exc}", session=session_id
             )
