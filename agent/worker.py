@@ -291,7 +291,8 @@ def agent_actor_class(num_cpus: float | None = None) -> Any:
     import ray
 
     cpus = get_settings().agent_actor_num_cpus if num_cpus is None else num_cpus
-    return ray.remote(num_cpus=cpus, max_concurrency=16)(AgentWorkerHost)
+    options: dict[str, Any] = {"num_cpus": cpus, "max_concurrency": 16}
+    return ray.remote(**options)(AgentWorkerHost)
 
 
 def spawn_actors(replicas: int, *, env: dict[str, str] | None = None, num_cpus: float | None = None) -> list[Any]:

@@ -12,7 +12,7 @@ import contextlib
 import io
 import struct
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import av
 import numpy as np
@@ -141,7 +141,8 @@ class StreamEncoder:
         if container is not None and codec is not None:
             self._sink = _Sink()
             self._container = av.open(self._sink, mode="w", format=container)
-            stream = self._container.add_stream(codec, rate=sample_rate, layout="mono")
+            added = self._container.add_stream(codec, rate=sample_rate, layout="mono")
+            stream = cast(av.audio.stream.AudioStream, added)
             if codec != "flac":
                 stream.bit_rate = bitrate
             self._stream = stream
@@ -195,7 +196,7 @@ def decode_audio(data: bytes, *, max_seconds: float | None = None) -> tuple[int,
     `max_seconds` stops decoding with ValueError once exceeded: a few MB of low-bitrate audio can
     decode to hours of PCM, so uploads are bounded by duration as well as by bytes.
     """
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), mode="r") as container:
         stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="s16", layout="mono", rate=stream.rate or 16000)
         chunks: list[np.ndarray] = []

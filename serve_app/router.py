@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -609,7 +610,7 @@ class FallbackRouter:
                 if slot.breaker.begin_probe():
                     task = asyncio.create_task(self._probe(name), name=f"tts-probe-{name}")
                     self._probes[name] = task
-                    task.add_done_callback(lambda _t, n=name: self._probe_done(n))
+                    task.add_done_callback(functools.partial(self._probe_done, name))
                 elif slot.breaker.state is BreakerState.OPEN:
                     delays.append(slot.breaker.cooldown_left)
             self._wake.clear()
@@ -617,7 +618,7 @@ class FallbackRouter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
-    def _probe_done(self, name: str) -> None:
+    def _probe_done(self, name: str, _task: asyncio.Task[None] | None = None) -> None:
         self._probes.pop(name, None)
         self._wake.set()
 

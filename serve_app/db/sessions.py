@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from serve_app.db.database import Database
@@ -145,7 +145,7 @@ class SessionStore:
         statement = _conditional_update(session_id, _OPEN, **values)
 
         async def work(s: AsyncSession) -> tuple[bool, dict[str, Any]]:
-            changed = (await s.execute(statement)).rowcount == 1
+            changed = cast(CursorResult[Any], await s.execute(statement)).rowcount == 1
             return changed, (await _load(s, session_id)).to_dict()
 
         changed, session = await self.database.run(work)
@@ -178,6 +178,6 @@ class SessionStore:
         )
 
         async def work(s: AsyncSession) -> int:
-            return int((await s.execute(statement)).rowcount or 0)
+            return int(cast(CursorResult[Any], await s.execute(statement)).rowcount or 0)
 
         return await self.database.run(work)
