@@ -248,6 +248,7 @@ class Ingress:
         flite: Any = None,
         unavailable: dict[str, str] | None = None,
     ) -> None:
+        configure_from_settings()  # __init__ runs before the app builder: without this its INFO lines are lost
         settings = get_settings()
         clients = build_clients({"zonos": zonos, "edge": edge, "flite": flite}, unavailable or {})
         services = ensure_services(settings)
