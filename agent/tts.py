@@ -235,7 +235,7 @@ async def push_pcm(
         pushed += len(chunk)
     if pushed == 0:
         raise APIError(f"no audio for text: {truncate(text)}", retryable=True)
-    logger.debug("servetts %s: %d bytes for %s", source.name, pushed, truncate(text))
+    logger.debug("servetts %s: %d bytes for %d chars", source.name, pushed, len(text))
     return pushed
 
 

@@ -34,7 +34,6 @@ import edge_tts.communicate
 import edge_tts.constants
 from edge_tts.exceptions import EdgeTTSException, NoAudioReceived
 
-from config.logging import truncate
 from config.settings import Settings
 from serve_app.audio import SAMPLE_WIDTH
 from serve_app.engines.base import Engine, EngineCheck, EngineTimeout, EngineUnavailable, InvalidInput, Voice
@@ -234,7 +233,8 @@ class EdgeEngine(Engine):
         if not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]:
             raise InvalidInput(f"speed must be between {SPEED_RANGE[0]} and {SPEED_RANGE[1]}")
         chosen = self._voice_for(voice, language)
-        logger.debug("edge synthesize voice=%s rate=%s text=%s", chosen, edge_rate(speed), truncate(text))
+        # Lengths only: per-sentence excerpts would add up to the whole user text in a DEBUG log.
+        logger.debug("edge synthesize voice=%s rate=%s chars=%d", chosen, edge_rate(speed), len(text))
         try:
             communicate = edge_tts.Communicate(
                 text,

@@ -22,7 +22,6 @@ import wave
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from config.logging import truncate
 from serve_app.audio import StreamResampler
 from serve_app.engines.base import Engine, EngineCheck, EngineUnavailable, InvalidInput, Voice
 from serve_app.voices import voices_for
@@ -281,7 +280,8 @@ class FliteEngine(Engine):
         if not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]:
             raise InvalidInput(f"speed must be between {SPEED_RANGE[0]} and {SPEED_RANGE[1]}")
         chosen = self.resolve_voice(voice)
-        logger.debug("flite synthesize voice=%s text=%s", chosen, truncate(text))
+        # Lengths only: per-sentence excerpts would add up to the whole user text in a DEBUG log.
+        logger.debug("flite synthesize voice=%s chars=%d", chosen, len(text))
         resampler: StreamResampler | None = None
         async for rate, pcm in self._backend.stream(text, chosen, speed):
             if rate != self.sample_rate:

@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 
-from config.logging import truncate
 from config.settings import Settings
 from serve_app.audio import SAMPLE_WIDTH, decode_audio, iter_chunks
 from serve_app.engines.base import Engine, EngineCheck, EngineUnavailable, InvalidInput, Voice
@@ -416,7 +415,8 @@ class ZonosEngine(Engine):
         if self._model is None:
             raise EngineUnavailable(self._problem or "zonos is not loaded")
         request = ZonosRequest(text, self._language(language), self._speaker_key(voice), speed)
-        logger.debug("zonos synthesize speaker=%s lang=%s text=%s", request.speaker, request.language, truncate(text))
+        # Lengths only: per-sentence excerpts would add up to the whole user text in a DEBUG log.
+        logger.debug("zonos synthesize speaker=%s lang=%s chars=%d", request.speaker, request.language, len(text))
         result = await self._renderer(request)
         if isinstance(result, Exception):
             raise result
