@@ -400,6 +400,11 @@ def _finish(
     speech = [c for c in recorder.calls if c.kind == "speech"]
     ok_ttfb = [(c.engine or "unknown", c.ttfb_s) for c in speech if c.ok and c.ttfb_s is not None]
     memory = _memory_section(config, timeline, locator, run.warmup_t, run.load_end_t)
+    warm = config.effective_warmup()
+    memory["requests_after_warmup"] = max(0, recorder.speech_ok - warm) if run.warmup_t is not None else 0
+    memory["judged"] = (
+        memory["available"] and memory["requests_after_warmup"] >= config.thresholds.min_requests_after_warmup
+    )
     completed = sum(1 for status in run.statuses.values() if status == "COMPLETED")
     checked_out = int(run.pool_end["checked_out"]) if run.pool_end and "checked_out" in run.pool_end else None
     verdict = evaluate(
@@ -411,6 +416,7 @@ def _finish(
         memory_reason=memory["reason"],
         pool_checked_out=checked_out,
         thresholds=config.thresholds,
+        requests_after_warmup=memory["requests_after_warmup"],
     )
     if memory["available"] and not memory["warmup_reached"]:
         verdict.warnings.append(memory["reason"])
@@ -535,6 +541,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="utterances before the memory baseline (default 2x sessions, or 10%% of the target)",
     )
     p.add_argument("--max-memory-growth", type=float, default=5.0, help="percent, after warm-up")
+    p.add_argument(
+        "--min-leak-requests",
+        type=int,
+        default=1000,
+        help="utterances after warm-up needed before memory growth is judged (shorter runs only warn)",
+    )
     p.add_argument("--sample-interval", type=float, default=2.0, help="seconds between memory samples")
     p.add_argument("--progress-interval", type=float, default=5.0)
     p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
@@ -572,7 +584,9 @@ def config_from_args(args: argparse.Namespace, url: str) -> LoadConfig:
         pace=Pace(args.user_turn, args.playback_factor, args.heartbeat_interval),
         ramp_up_s=args.ramp_up,
         warmup_requests=args.warmup_requests,
-        thresholds=Thresholds(max_memory_growth_pct=args.max_memory_growth),
+        thresholds=Thresholds(
+            max_memory_growth_pct=args.max_memory_growth, min_requests_after_warmup=args.min_leak_requests
+        ),
         sample_interval_s=args.sample_interval,
         progress_interval_s=args.progress_interval,
         timeout_s=args.timeout,

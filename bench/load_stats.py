@@ -73,10 +73,16 @@ def growth_windows(count: int, fraction: float = 0.1, minimum: int = 3) -> int:
 
 @dataclass
 class Thresholds:
-    """What makes a run fail: memory growth after warm-up, pool connections still checked out."""
+    """What makes a run fail: memory growth after warm-up, pool connections still checked out.
+
+    Growth is judged only over at least `min_requests_after_warmup` utterances: over a few hundred
+    requests RSS mostly shows the allocator's high-water mark after a burst of in-flight streams,
+    which a leak test must not confuse with memory that grows with every request.
+    """
 
     max_memory_growth_pct: float = 5.0
     max_pool_checked_out: int = 0
+    min_requests_after_warmup: int = 1000
 
 
 @dataclass
@@ -100,6 +106,7 @@ def evaluate(
     memory_reason: str | None,
     pool_checked_out: int | None,
     thresholds: Thresholds,
+    requests_after_warmup: int | None = None,
 ) -> Verdict:
     """The run's verdict. Any failed request, any session not COMPLETED, or a leak fails it.
 
@@ -116,8 +123,14 @@ def evaluate(
         failures.append(f"only {sessions_created}/{sessions_expected} sessions were created")
     if sessions_completed < sessions_created:
         failures.append(f"{sessions_created - sessions_completed}/{sessions_created} sessions are not COMPLETED")
+    judged = requests_after_warmup is None or requests_after_warmup >= thresholds.min_requests_after_warmup
     if memory_growth_pct is None:
         warnings.append(f"replica memory not measured: {memory_reason or 'no samples'}")
+    elif not judged:
+        warnings.append(
+            f"replica memory changed {memory_growth_pct:+.2f}% over only {requests_after_warmup} requests after "
+            f"warm-up; a leak verdict needs {thresholds.min_requests_after_warmup} (use --requests-target)"
+        )
     elif memory_growth_pct > thresholds.max_memory_growth_pct:
         leak = True
         failures.append(

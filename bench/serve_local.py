@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 from bench.common import free_port, wait_http
 
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/tts_load"
+FALLBACK_DATABASE_URL = "sqlite+aiosqlite:///./data/load-sessions.db"
 DEFAULT_ENV = {
     "ENV": "development",
     "LOG_LEVEL": "INFO",
@@ -59,9 +60,16 @@ async def _ensure_database(url: str) -> None:
 
 def prepare_environment(database_url: str, chain: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Set the replicas' environment (they inherit the driver's) and return what was set."""
-    env = dict(DEFAULT_ENV, TTS_ENGINE_CHAIN=chain, DATABASE_URL=database_url, **(extra or {}))
     if database_url.startswith("postgresql"):
-        asyncio.run(_ensure_database(database_url))
+        try:
+            asyncio.run(_ensure_database(database_url))
+        except OSError as exc:  # no PostgreSQL here: the default falls back, an explicit URL does not
+            if database_url != DEFAULT_DATABASE_URL:
+                raise
+            os.makedirs("data", exist_ok=True)
+            database_url = FALLBACK_DATABASE_URL
+            print(f"PostgreSQL not reachable ({exc}); sessions go to {database_url}", file=sys.stderr)
+    env = dict(DEFAULT_ENV, TTS_ENGINE_CHAIN=chain, DATABASE_URL=database_url, **(extra or {}))
     os.environ.update(env)
     from config.settings import get_settings
 
@@ -82,7 +90,7 @@ def start(
 
     from serve_app.launch import deploy_config, load_config
 
-    prepare_environment(database_url, chain)
+    env = prepare_environment(database_url, chain)
     dashboard_port = free_port() if dashboard else None
     context = ray.init(
         num_cpus=num_cpus,
@@ -99,7 +107,7 @@ def start(
         "ray_address": context.address_info.get("gcs_address") or context.address_info.get("address"),
         "dashboard_url": f"http://{context.dashboard_url}" if dashboard and context.dashboard_url else None,
         "metrics_url": f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None,
-        "database_url": database_url,
+        "database_url": env["DATABASE_URL"],
         "chain": chain,
     }
 

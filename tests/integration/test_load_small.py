@@ -3,9 +3,9 @@
 The same core as the 100-session test (`run_load`): sessions are created, speak streamed
 utterances at a (shortened) conversational pace, heartbeat and finalize; then every session
 must be COMPLETED in the database, no pool connection may be left checked out, and the report
-and plots must be written. The memory limit is loosened: 20 seconds are too short for the 5%
-after-warm-up rule to mean anything (that is what the 10,000-request run is for), but the
-replicas' memory must still have been found and sampled.
+and plots must be written. Twenty seconds are too short for the 5%-after-warm-up rule to mean
+anything (that is what the 10,000-request run is for): the replicas' memory must have been found
+and sampled, and the verdict must say it was not judged rather than claim a leak check.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import pytest
 
 from bench.load import EXIT_OK, LoadConfig, run_load
 from bench.load_session import Pace
-from bench.load_stats import Thresholds
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,7 +32,6 @@ async def test_twenty_sessions_for_twenty_seconds(serve_url: str, tmp_path: Path
         pace=Pace(user_turn_s=(1.0, 2.0), playback_factor=0.5, heartbeat_interval_s=4.0),
         ramp_up_s=3.0,
         warmup_requests=20,
-        thresholds=Thresholds(max_memory_growth_pct=100.0),
         sample_interval_s=1.0,
         quiet=True,
     )
@@ -56,7 +54,10 @@ async def test_twenty_sessions_for_twenty_seconds(serve_url: str, tmp_path: Path
     assert memory["available"] and memory["warmup_reached"]
     assert any(key.startswith("Ingress#") for key in memory["replicas"])
     assert memory["total_mb"]["end"] > 0
-    assert report["verdict"] == {"passed": True, "leak": False, "failures": [], "warnings": []}
+    assert not memory["judged"] and memory["requests_after_warmup"] < 1000
+    verdict = report["verdict"]
+    assert verdict["passed"] and not verdict["leak"] and verdict["failures"] == []
+    assert len(verdict["warnings"]) == 1 and "a leak verdict needs 1000" in verdict["warnings"][0]
     assert result.exit_code == EXIT_OK
 
     written = json.loads((tmp_path / "load" / "report.json").read_text())

@@ -125,3 +125,11 @@ def test_growth_windows_never_overlap() -> None:
     assert growth_windows(20) == 3
     assert growth_windows(4) == 2
     assert growth_windows(1) == 1
+
+
+def test_memory_growth_is_only_judged_over_enough_requests() -> None:
+    short = _verdict(memory_growth_pct=9.0, requests_after_warmup=358)
+    assert short.passed and not short.leak
+    assert "over only 358 requests" in short.warnings[0]
+    long = _verdict(memory_growth_pct=9.0, requests_after_warmup=9000)
+    assert long.leak and not long.passed
