@@ -25,6 +25,7 @@ from config.settings import Settings, get_settings
 from serve_app.api import health, speech
 from serve_app.api.deps import Services, check_auth_settings, get_services, set_services
 from serve_app.api.errors import error_body, install_error_handlers
+from serve_app.drain import InFlightCounter, drain_lifespan
 from serve_app.engine_client import EngineClient, HandleEngineClient, UnavailableEngineClient
 from serve_app.router import FallbackRouter, RouterConfig
 
@@ -161,6 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
 
     app.add_middleware(RequestId)
+    app.add_middleware(InFlightCounter)  # outermost: counts until the last byte is sent
     return app
 
 
@@ -229,6 +231,7 @@ async def _router_lifespan(services: Services) -> Callable[[], Awaitable[None]] 
 
 
 register_lifespan_hook(_router_lifespan)
+register_lifespan_hook(drain_lifespan)  # reports in-flight requests, picks up the drain flag
 
 
 def _app_builder() -> FastAPI:

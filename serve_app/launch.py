@@ -3,20 +3,32 @@
 Tests and benchmarks use this instead of `serve.run(build_app())` so that they exercise the real
 configuration (fractional CPUs, autoscaling, health checks) rather than code defaults, on a port
 of their choosing. `python -m serve_app.launch` starts a private cluster and prints the URL.
+
+Run that way, the service shuts down gracefully (serve_app/drain.py): the first SIGTERM or SIGINT
+stops new speech (503 "draining", /health/ready 503) and waits for the requests in flight, up to the
+Ingress deployment's graceful_shutdown_timeout_s, before Serve and the cluster are shut down (exit
+0); a second signal exits at once with 128+signum. Plain `serve run` has no such drain.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import yaml
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "serve_config.yaml"
+DEFAULT_DRAIN_TIMEOUT_S = 20.0  # Serve's own default graceful_shutdown_timeout_s
+
+logger = logging.getLogger("serve_app.launch")
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG, *, port: int | None = None, host: str | None = None) -> Any:
@@ -66,31 +78,130 @@ def wait_running(app_names: list[str], *, timeout_s: float = 180.0) -> None:
         time.sleep(0.5)
 
 
+def drain_timeout_s(config: Any, deployment: str = "Ingress") -> float:
+    """The named deployment's graceful_shutdown_timeout_s from the config (Serve's default if unset)."""
+    for app in config.applications:
+        for dep in app.deployments:
+            value = getattr(dep, "graceful_shutdown_timeout_s", None)
+            if dep.name == deployment and isinstance(value, int | float):
+                return float(value)
+    return DEFAULT_DRAIN_TIMEOUT_S
+
+
+class ForcedExit(Exception):
+    """A second shutdown signal: stop waiting for the drain."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class ShutdownSignals:
+    """SIGTERM/SIGINT: the first asks for a drain, the second raises `ForcedExit` in the main thread.
+
+    Installed after `ray.init`, which sets its own SIGTERM handler (exit at once) in the driver.
+    """
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.requested = threading.Event()
+
+    def install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.first is None:
+            self.first = signum
+            self.requested.set()
+            return
+        for other in (signal.SIGTERM, signal.SIGINT):  # a third signal kills the process outright
+            signal.signal(other, signal.SIG_DFL)
+        raise ForcedExit(signum)
+
+    def wait(self) -> int:
+        while not self.requested.wait(1.0):
+            pass
+        assert self.first is not None
+        return self.first
+
+
+def drain(coordinator: Any, timeout_s: float) -> bool:
+    """Stop new speech and wait for the requests in flight; True when they all finished in time."""
+    from serve_app.drain import drain_proxies, request_drain, wait_drained
+
+    started = time.monotonic()
+    request_drain(coordinator)
+    proxies = drain_proxies()
+    drained = wait_drained(
+        coordinator,
+        timeout_s,
+        proxies=proxies,
+        on_progress=lambda s, elapsed: logger.info(
+            "draining: %d request(s) in flight on %d replica(s) (%.0fs of %.0fs)",
+            s.in_flight, s.replicas, elapsed, timeout_s,
+        ),
+    )
+    elapsed = time.monotonic() - started
+    if drained:
+        logger.info("drained in %.1fs", elapsed)
+    else:
+        logger.warning("drain timed out after %.1fs; requests still in flight are cut", elapsed)
+    return drained
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Start a private Ray cluster and deploy the Serve config.")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--num-cpus", type=int, default=None)
+    parser.add_argument(
+        "--drain-timeout-s", type=float, default=None,
+        help="longest wait for requests in flight at shutdown (default: the Ingress graceful_shutdown_timeout_s)",
+    )
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import socket
 
     import ray
+    from ray import serve
+
+    from serve_app.drain import get_or_create_coordinator
 
     port = args.port
     if port == 0:
         with socket.socket() as s:
             s.bind((args.host, 0))
             port = int(s.getsockname()[1])
+    config = load_config(args.config, port=port, host=args.host)
+    timeout_s = args.drain_timeout_s if args.drain_timeout_s is not None else drain_timeout_s(config)
     os.makedirs("data", exist_ok=True)
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False)
-    url = deploy_config(load_config(args.config, port=port, host=args.host))
-    print(f"SERVE_URL={url}", flush=True)
+    signals = ShutdownSignals()
+    # A draining proxy reports itself drained only after this period; Serve's 30 s default (meant
+    # for node drains) would make every drain last the whole timeout. Inherited by the proxies.
+    os.environ.setdefault("RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S", "1")
+    # address="local": always a private cluster, even when RAY_ADDRESS points at another one.
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
+    signals.install()
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
+        coordinator = get_or_create_coordinator()  # before the replicas, so they find it at start
+        url = deploy_config(config)
+        print(f"SERVE_URL={url}", flush=True)
+        signum = signals.wait()
+        name = signal.Signals(signum).name
+        logger.info("%s: draining for up to %.0fs (a second signal exits at once)", name, timeout_s)
+        if drain(coordinator, timeout_s):
+            serve.shutdown()  # nothing in flight: replicas stop at once
+        # After a timed-out drain, skip serve.shutdown: it would wait graceful_shutdown_timeout_s
+        # again for the same requests; tearing the cluster down ends them now.
+        ray.shutdown()
+        logger.info("shut down")
         return 0
+    except ForcedExit as exc:
+        logger.warning("%s again: exiting without waiting for the drain", signal.Signals(exc.signum).name)
+        ray.shutdown()
+        return 128 + exc.signum
 
 
 if __name__ == "__main__":

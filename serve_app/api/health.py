@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from serve_app.api.deps import get_services
+from serve_app.drain import is_draining
 
 router = APIRouter(tags=["health"])
 
@@ -36,7 +37,9 @@ async def health_db() -> JSONResponse:
 
 @router.get("/health/ready", responses={503: {"description": "not ready"}})
 async def health_ready() -> JSONResponse:
-    """Ready when the database answers and at least one engine can speak."""
+    """Ready when the database answers and at least one engine can speak; 503 while draining."""
+    if is_draining():  # load balancers stop sending here while requests in flight finish
+        return JSONResponse({"status": "draining"}, status_code=503)
     services = get_services()
     engines: list[dict[str, Any]] = []
     if services.router is not None:

@@ -14,13 +14,14 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from config.logging import truncate
 from serve_app.api.deps import get_router, get_services, require_api_key
-from serve_app.api.errors import ApiError
+from serve_app.api.errors import ApiError, error_body
 from serve_app.audio import StreamEncoder
+from serve_app.drain import RETRY_AFTER_S, is_draining
 from serve_app.router import AllEnginesFailed, AudioChunk, FallbackRouter, SpeechRequest
 from serve_app.voices import OPENAI_VOICES, is_known_voice, openai_voice_mapping
 
@@ -69,7 +70,13 @@ async def _first_and_rest(stream: AsyncIterator[AudioChunk]) -> tuple[AudioChunk
     response_class=StreamingResponse,
     responses={200: {"content": {"audio/mpeg": {}, "audio/wav": {}, "audio/pcm": {}}}, 400: {}, 503: {}},
 )
-async def create_speech(body: SpeechBody) -> StreamingResponse:
+async def create_speech(body: SpeechBody) -> Response:
+    if is_draining():  # shutting down: streams in flight finish, new ones go to another instance
+        return JSONResponse(
+            error_body(503, "the service is shutting down; retry on another instance", "draining"),
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
     services = get_services()
     tts = get_router()
     if body.model not in SUPPORTED_MODELS:
