@@ -1,0 +1,164 @@
+"""The drain bookkeeping without Ray: ledger (flag, acknowledgements, expiry), watcher, middleware."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+
+from serve_app import drain
+from serve_app.drain import DrainLedger, DrainWatcher, InFlightCounter
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def replica_state() -> Any:
+    drain._ReplicaState.in_flight = 0
+    drain._ReplicaState.draining = False
+    yield drain._ReplicaState
+    drain._ReplicaState.in_flight = 0
+    drain._ReplicaState.draining = False
+
+
+def test_not_drained_until_requested() -> None:
+    ledger = DrainLedger()
+    ledger.report("r1", 0, acked=False)
+    assert not ledger.status().drained
+
+
+def test_drained_needs_every_replica_to_count_with_the_flag_set() -> None:
+    ledger = DrainLedger(clock=Clock())
+    assert ledger.report("r1", 0, acked=False) is False
+    ledger.request_drain()
+    # r1's last count was made before it knew: a request admitted meanwhile would be missing.
+    assert ledger.status().unacked == 1 and not ledger.status().drained
+    assert ledger.report("r1", 2, acked=True) is True
+    assert ledger.status().in_flight == 2 and not ledger.status().drained
+    ledger.report("r1", 0, acked=True)
+    assert ledger.status().drained
+
+
+def test_counts_add_up_over_replicas() -> None:
+    ledger = DrainLedger(clock=Clock())
+    ledger.request_drain()
+    ledger.report("r1", 1, acked=True)
+    ledger.report("r2", 3, acked=True)
+    status = ledger.status()
+    assert (status.in_flight, status.replicas) == (4, 2)
+    ledger.report("r2", 0, acked=True)
+    assert not ledger.status().drained
+    ledger.report("r1", 0, acked=True)
+    assert ledger.status().drained
+
+
+def test_a_dead_replicas_count_expires() -> None:
+    clock = Clock()
+    ledger = DrainLedger(stale_after_s=5.0, clock=clock)
+    ledger.request_drain()
+    ledger.report("dead", 3, acked=True)
+    clock.now += 3.0
+    ledger.report("alive", 0, acked=True)
+    assert ledger.status().in_flight == 3
+    clock.now += 2.5  # "dead" last reported 5.5 s ago, "alive" 2.5 s ago
+    status = ledger.status()
+    assert (status.in_flight, status.replicas, status.drained) == (0, 1, True)
+
+
+def test_no_replica_known_is_drained_once_requested() -> None:
+    ledger = DrainLedger()
+    ledger.request_drain()
+    assert ledger.status().drained
+
+
+class FakeCoordinator:
+    """Stands for the actor handle: `report.remote(...)` returns an awaitable like an ObjectRef."""
+
+    def __init__(self, ledger: DrainLedger, fail: bool = False) -> None:
+        self.ledger = ledger
+        self.fail = fail
+        self.report = self
+
+    def remote(self, replica_id: str, in_flight: int, acked: bool) -> Any:
+        async def call() -> bool:
+            if self.fail:
+                raise ConnectionError("coordinator gone")
+            return self.ledger.report(replica_id, in_flight, acked)
+
+        return call()
+
+
+async def test_watcher_reports_picks_up_the_flag_and_acknowledges(replica_state: Any) -> None:
+    ledger = DrainLedger()
+    coordinator = FakeCoordinator(ledger)
+
+    async def lookup() -> Any:
+        return coordinator
+
+    watcher = DrainWatcher("r1", lookup=lookup)
+    replica_state.in_flight = 2
+    await watcher.tick()
+    assert ledger.status().in_flight == 2 and not drain.is_draining()
+    ledger.request_drain()
+    await watcher.tick()
+    assert drain.is_draining()
+    assert ledger.status().unacked == 1  # that count was taken before the flag arrived
+    replica_state.in_flight = 0
+    await watcher.tick()
+    assert ledger.status().drained
+
+
+async def test_watcher_without_coordinator_never_drains_and_retries_later(replica_state: Any) -> None:
+    lookups = 0
+
+    async def lookup() -> Any:
+        nonlocal lookups
+        lookups += 1
+        return None
+
+    watcher = DrainWatcher("r1", lookup=lookup)
+    for _ in range(5):
+        await watcher.tick()
+    assert lookups == 1  # looked up again only after LOOKUP_RETRY_S
+    assert not drain.is_draining()
+
+
+async def test_watcher_forgets_a_failing_coordinator(replica_state: Any) -> None:
+    coordinator = FakeCoordinator(DrainLedger(), fail=True)
+
+    async def lookup() -> Any:
+        return coordinator
+
+    watcher = DrainWatcher("r1", lookup=lookup)
+    await watcher.tick()
+    assert watcher._handle is None and not drain.is_draining()
+
+
+async def test_in_flight_counter_spans_the_whole_streamed_body(replica_state: Any) -> None:
+    seen: list[int] = []
+    app = FastAPI()
+
+    @app.get("/stream")
+    async def stream() -> StreamingResponse:
+        async def body() -> Any:
+            for _ in range(3):
+                seen.append(drain.in_flight())  # still counted while the body is being sent
+                yield b"x"
+
+        return StreamingResponse(body())
+
+    app.add_middleware(InFlightCounter)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        response = await client.get("/stream")
+    assert response.content == b"xxx"
+    assert seen == [1, 1, 1]
+    assert drain.in_flight() == 0
