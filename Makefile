@@ -28,9 +28,11 @@ install-test: venv flite
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0 || \
 	  $(BIN)/pip install -q torch --index-url https://download.pytorch.org/whl/cpu
 
+# Same deployment as `serve run $(SERVE_CONFIG)` (the plain way), plus a graceful drain on
+# SIGTERM/SIGINT: requests in flight finish (up to the Ingress graceful_shutdown_timeout_s).
 run: install
 	mkdir -p data
-	$(BIN)/serve run $(SERVE_CONFIG)
+	$(BIN)/python -m serve_app.launch --config $(SERVE_CONFIG) --port 8000 --host 0.0.0.0
 
 test: install-test
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -178,6 +178,7 @@ def test_second_signal_exits_at_once_with_128_plus_signum(launchers: dict[str, L
     os.kill(launcher.proc.pid, signal.SIGTERM)
     wait_draining(launcher)
     assert launcher.proc.poll() is None  # still draining: the stalled stream is in flight
+    assert httpx.get(f"{launcher.url}/-/healthz", timeout=10).status_code == 503  # Serve's proxy drains too
     os.kill(launcher.proc.pid, signal.SIGTERM)
     assert launcher.proc.wait(timeout=EXIT_LIMIT_S) == 128 + signal.SIGTERM, launcher.log_tail()
     assert "SIGTERM again: exiting without waiting for the drain" in launcher.log_tail()

@@ -11,7 +11,8 @@ hook tears the local cluster down, so every stream ends cut after about 1 s; SIG
 shows as an incomplete chunked body, never as a short "complete" answer. The graceful paths are a
 redeploy (Serve drains the old replicas under graceful_shutdown_wait_loop_s/timeout_s) and, on a
 KubeRay node, SIGTERM to `ray start --block`, which drains the node for
-RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S first. `serve.delete` of the application is not graceful for
+RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S first; `python -m serve_app.launch` (`make run`) drains on
+SIGTERM itself (tests/integration/test_graceful_drain.py). `serve.delete` of the application is not graceful for
 streams either (measured): engines stop at the same time as the ingress, so answers in flight lose
 their engines between sentences and end cut. Not yet tested here: a redeploy overlapping long
 streams (on this hardware the streams end before the new version is up, so such a test was vacuous).
