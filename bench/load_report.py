@@ -15,6 +15,7 @@ import numpy as np
 
 from bench.load_client import Call
 
+MAX_SCATTER_POINTS = 2500
 REPORT_KEYS = (
     "config",
     "run",
@@ -86,6 +87,7 @@ def plot_latency(path: Path, calls: Sequence[Call], active: Sequence[tuple[float
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, height_ratios=[2, 1])
     for engine in sorted({c.engine or "unknown" for c in ok}):
         points = [c for c in ok if (c.engine or "unknown") == engine]
+        points = points[:: max(1, len(points) // MAX_SCATTER_POINTS)]  # a readable, small PNG; the lines use all
         top.scatter(
             [c.t for c in points],
             [c.ttfb_s * 1000 for c in points if c.ttfb_s is not None],

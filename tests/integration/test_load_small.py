@@ -53,7 +53,7 @@ async def test_twenty_sessions_for_twenty_seconds(serve_url: str, tmp_path: Path
     memory = report["memory"]
     assert memory["available"] and memory["warmup_reached"]
     assert any(key.startswith("Ingress#") for key in memory["replicas"])
-    assert memory["total_mb"]["end"] > 0
+    assert memory["total_mb"]["end_of_load"] > 0 and memory["total_mb"]["final"] > 0
     assert not memory["judged"] and memory["requests_after_warmup"] < 1000
     verdict = report["verdict"]
     assert verdict["passed"] and not verdict["leak"] and verdict["failures"] == []
