@@ -80,6 +80,16 @@ class Settings(BaseSettings):
     tts_engine_concurrency: int = Field(64, ge=1)
     tts_sentence_max_chars: int = Field(250, ge=20, le=2000)
     tts_lookahead_sentences: int = Field(2, ge=0, le=16)
+    # Per-engine overrides of the three budgets above (empty = use the TTS_* value).
+    zonos_ttfb_timeout_s: float | None = Field(None, gt=0)
+    zonos_stall_timeout_s: float | None = Field(None, gt=0)
+    zonos_concurrency: int | None = Field(None, ge=1)
+    edge_ttfb_timeout_s: float | None = Field(None, gt=0)
+    edge_stall_timeout_s: float | None = Field(None, gt=0)
+    edge_concurrency: int | None = Field(None, ge=1)
+    flite_ttfb_timeout_s: float | None = Field(None, gt=0)
+    flite_stall_timeout_s: float | None = Field(None, gt=0)
+    flite_concurrency: int | None = Field(None, ge=1)
 
     # Zonos (primary, GPU)
     zonos_enabled: bool = True

@@ -89,6 +89,15 @@ class EmptyAudio(EngineUnavailable):
 
 
 @dataclass(frozen=True)
+class EngineLimits:
+    """Per-engine budgets; a GPU model and a local binary rarely deserve the same timeouts."""
+
+    ttfb_timeout_s: float
+    stall_timeout_s: float
+    concurrency: int
+
+
+@dataclass(frozen=True)
 class RouterConfig:
     chain: tuple[str, ...] = ("zonos", "edge", "flite")
     max_strikes: int = 3
@@ -102,6 +111,13 @@ class RouterConfig:
     max_input_chars: int = 4096
     probe_text: str = "Probe."
     status_timeout_s: float = 2.0
+    # Overrides per engine name; engines not listed use the three values above.
+    engine_limits: dict[str, EngineLimits] = field(default_factory=dict)
+
+    def limits_for(self, engine: str) -> EngineLimits:
+        return self.engine_limits.get(
+            engine, EngineLimits(self.ttfb_timeout_s, self.stall_timeout_s, self.engine_concurrency)
+        )
 
     @classmethod
     def from_settings(cls, s: Settings) -> RouterConfig:
@@ -117,6 +133,14 @@ class RouterConfig:
             lookahead=s.tts_lookahead_sentences,
             max_input_chars=s.max_input_chars,
             probe_text=s.tts_probe_text,
+            engine_limits={
+                name: EngineLimits(
+                    ttfb_timeout_s=getattr(s, f"{name}_ttfb_timeout_s") or s.tts_ttfb_timeout_s,
+                    stall_timeout_s=getattr(s, f"{name}_stall_timeout_s") or s.tts_stall_timeout_s,
+                    concurrency=getattr(s, f"{name}_concurrency") or s.tts_engine_concurrency,
+                )
+                for name in ("zonos", "edge", "flite")
+            },
         )
 
 
@@ -162,6 +186,7 @@ class _EngineSlot:
     client: EngineClient
     breaker: CircuitBreaker
     limiter: _Limiter
+    limits: EngineLimits
     requests: int = 0
     failures: int = 0
     busy_skips: int = 0
@@ -262,7 +287,8 @@ class FallbackRouter:
         self._slots: dict[str, _EngineSlot] = {}
         for name in chain:
             breaker = CircuitBreaker(breaker_config, clock=clock, on_change=self._listener(name))
-            self._slots[name] = _EngineSlot(name, clients[name], breaker, _Limiter(self.config.engine_concurrency))
+            limits = self.config.limits_for(name)
+            self._slots[name] = _EngineSlot(name, clients[name], breaker, _Limiter(limits.concurrency), limits)
         self._wake = asyncio.Event()
         self._capacity_waiters: list[asyncio.Future[None]] = []
         self._probe_loop_task: asyncio.Task[None] | None = None
@@ -518,7 +544,8 @@ class FallbackRouter:
         started_at = breaker.now()
         began = time.perf_counter()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.ttfb_timeout_s
+        limits = slot.limits
+        deadline = loop.time() + limits.ttfb_timeout_s
         if not probe:
             slot.requests += 1
         produced = 0
@@ -527,19 +554,19 @@ class FallbackRouter:
             try:
                 rate = await asyncio.wait_for(slot.client.sample_rate(), max(0.0, deadline - loop.time()))
             except TimeoutError:
-                raise FirstByteTimeout(f"engine info not within {self.config.ttfb_timeout_s:.1f}s") from None
+                raise FirstByteTimeout(f"engine info not within {limits.ttfb_timeout_s:.1f}s") from None
             resampler = StreamResampler(rate, request.sample_rate or rate)
             iterator = slot.client.stream(text, request.voice, language=request.language, speed=request.speed)
             while True:
-                budget = max(0.0, deadline - loop.time()) if produced == 0 else self.config.stall_timeout_s
+                budget = max(0.0, deadline - loop.time()) if produced == 0 else limits.stall_timeout_s
                 try:
                     pcm = await asyncio.wait_for(anext(iterator), budget)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
                     if produced == 0:
-                        raise FirstByteTimeout(f"no audio within {self.config.ttfb_timeout_s:.1f}s") from None
-                    raise StallTimeout(f"audio stalled for {self.config.stall_timeout_s:.1f}s") from None
+                        raise FirstByteTimeout(f"no audio within {limits.ttfb_timeout_s:.1f}s") from None
+                    raise StallTimeout(f"audio stalled for {limits.stall_timeout_s:.1f}s") from None
                 if not pcm:
                     continue
                 if produced == 0:

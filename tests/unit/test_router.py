@@ -308,3 +308,41 @@ async def test_engines_status_reports_every_field(rig: Rig) -> None:
         assert key in zonos
     assert zonos["requests"] == 1 and zonos["failures"] == 1 and zonos["strikes"] == 1
     assert status[1]["ttfb_p50_ms"] is not None and status[1]["ttfb_p95_ms"] >= status[1]["ttfb_p50_ms"]
+
+
+async def test_per_engine_limits_override_the_global_budgets() -> None:
+    from serve_app.router import EngineLimits
+
+    # Global budget 0.3 s; zonos may take 1.0 s to its first byte, edge only 0.05 s.
+    rig = Rig(
+        engine_limits={
+            "zonos": EngineLimits(ttfb_timeout_s=1.0, stall_timeout_s=0.3, concurrency=4),
+            "edge": EngineLimits(ttfb_timeout_s=0.05, stall_timeout_s=0.3, concurrency=1),
+        }
+    )
+    try:
+        rig.plan("zonos", first_byte_delay_s=0.5)  # slower than the global budget, inside its own
+        runs = await rig.speak("Slow but allowed.")
+        assert [r.code for r in runs] == [0]
+        rig.plan("zonos", mode="error")
+        rig.plan("edge", first_byte_delay_s=0.2)  # inside the global budget, outside its own
+        runs = await rig.speak("Edge is too slow for its budget.")
+        assert [r.code for r in runs] == [2]  # flite spoke it
+        assert "0.1s" in (rig.router.breaker("edge").last_error or "")  # its own 0.05 s budget
+        status = {e["name"]: e for e in await rig.router.engines_status()}
+        assert status["zonos"]["concurrency_limit"] == 4 and status["edge"]["concurrency_limit"] == 1
+        assert status["flite"]["concurrency_limit"] == RouterConfig().engine_concurrency
+    finally:
+        await rig.router.aclose()
+
+
+def test_router_config_reads_per_engine_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from config.settings import load_settings
+
+    monkeypatch.setenv("ENV_FILE", "/nonexistent/.env")
+    monkeypatch.setenv("ZONOS_TTFB_TIMEOUT_S", "12")
+    monkeypatch.setenv("EDGE_CONCURRENCY", "5")
+    config = RouterConfig.from_settings(load_settings(_env_file=None))
+    assert config.limits_for("zonos").ttfb_timeout_s == 12.0
+    assert config.limits_for("edge").concurrency == 5
+    assert config.limits_for("flite").ttfb_timeout_s == config.ttfb_timeout_s
