@@ -100,7 +100,7 @@ class RayActorLocator:
             actors = list_actors(
                 address=self.address, filters=[("state", "=", "ALIVE")], limit=10_000, raise_on_missing_output=False
             )
-            return [(a.class_name or "", int(a.pid or 0), ips.get(a.node_id, "")) for a in actors]
+            return [(a.class_name or "", int(a.pid or 0), ips.get(a.node_id or "", "")) for a in actors]
         from ray._private import state
 
         return [

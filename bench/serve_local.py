@@ -92,7 +92,7 @@ def start(
 
     env = prepare_environment(database_url, chain)
     dashboard_port = free_port() if dashboard else None
-    context = ray.init(
+    context: Any = ray.init(  # a RayContext (address_info, dashboard_url) for a local cluster
         num_cpus=num_cpus,
         include_dashboard=dashboard,
         dashboard_port=dashboard_port,
