@@ -93,6 +93,7 @@ def start(
     env = prepare_environment(database_url, chain)
     dashboard_port = free_port() if dashboard else None
     context: Any = ray.init(  # a RayContext (address_info, dashboard_url) for a local cluster
+        address="local",  # a new private cluster, even when RAY_ADDRESS names someone else's
         num_cpus=num_cpus,
         include_dashboard=dashboard,
         dashboard_port=dashboard_port,
