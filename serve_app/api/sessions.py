@@ -165,10 +165,8 @@ class UsageRecorder:
 
 
 async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
-    response = error_response(503, str(exc)[:300], "database_unavailable")
     retry = getattr(exc, "retry_after_s", None)
-    response.headers["Retry-After"] = str(max(1, round(retry or 1)))
-    return response
+    return error_response(503, str(exc)[:300], "database_unavailable", retry_after_s=retry or 1.0)
 
 
 async def open_database(services: Services) -> Callable[[], Awaitable[None]]:

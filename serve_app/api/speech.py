@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from config.logging import truncate
 from serve_app.api.deps import get_router, get_services, require_api_key
-from serve_app.api.errors import ApiError, error_body
+from serve_app.api.errors import ApiError, error_response
 from serve_app.audio import StreamEncoder
 from serve_app.drain import RETRY_AFTER_S, is_draining
 from serve_app.router import AllEnginesFailed, AudioChunk, FallbackRouter, SpeechRequest
@@ -72,10 +72,8 @@ async def _first_and_rest(stream: AsyncIterator[AudioChunk]) -> tuple[AudioChunk
 )
 async def create_speech(body: SpeechBody) -> Response:
     if is_draining():  # shutting down: streams in flight finish, new ones go to another instance
-        return JSONResponse(
-            error_body(503, "the service is shutting down; retry on another instance", "draining"),
-            status_code=503,
-            headers={"Retry-After": str(RETRY_AFTER_S)},
+        return error_response(
+            503, "the service is shutting down; retry on another instance", "draining", retry_after_s=RETRY_AFTER_S
         )
     services = get_services()
     tts = get_router()
@@ -96,7 +94,7 @@ async def create_speech(body: SpeechBody) -> Response:
         raise ApiError(503, "no audio was produced", "empty_audio") from None
     except AllEnginesFailed as exc:
         logger.warning("speech failed before first byte: %s", str(exc)[:300])
-        raise ApiError(503, str(exc)[:500], exc.code) from None
+        raise ApiError(503, str(exc)[:500], exc.code, retry_after_s=exc.retry_after_s) from None
     encoder = StreamEncoder(body.response_format, rate)
     logger.debug(
         "speech start engine=%s format=%s ttfb_ms=%.1f text=%s",
