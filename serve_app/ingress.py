@@ -27,6 +27,7 @@ from serve_app.api.deps import Services, check_auth_settings, get_services, set_
 from serve_app.api.errors import error_body, install_error_handlers
 from serve_app.drain import InFlightCounter, drain_lifespan
 from serve_app.engine_client import EngineClient, HandleEngineClient, UnavailableEngineClient
+from serve_app.gauges import gauge_refresher
 from serve_app.router import FallbackRouter, RouterConfig
 
 logger = logging.getLogger(__name__)
@@ -232,6 +233,7 @@ async def _router_lifespan(services: Services) -> Callable[[], Awaitable[None]] 
 
 register_lifespan_hook(_router_lifespan)
 register_lifespan_hook(drain_lifespan)  # reports in-flight requests, picks up the drain flag
+register_lifespan_hook(gauge_refresher)  # keeps breaker and pool gauges exported while idle
 
 
 def _app_builder() -> FastAPI:

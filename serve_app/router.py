@@ -614,6 +614,11 @@ class FallbackRouter:
                 with contextlib.suppress(BaseException):
                     await iterator.aclose()  # type: ignore[attr-defined]
 
+    def publish_gauges(self) -> None:
+        """Re-set the breaker-state gauges; Ray drops a gauge that is not set for a while."""
+        for name, slot in self._slots.items():
+            self.metrics.breaker_state(name, slot.breaker.state)
+
     # ------------------------------------------------------------------ recovery
     def _listener(self, name: str) -> Callable[[BreakerState, BreakerState], None]:
         def changed(previous: BreakerState, state: BreakerState) -> None:

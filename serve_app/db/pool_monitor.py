@@ -44,12 +44,19 @@ class PoolMonitor:
                 logger.debug("db pool invalidated a connection: %s", reason)
             else:
                 logger.debug("db pool %s", name)
-            if name in ("checkout", "checkin", "invalidate", "close"):
-                status = self.pool_counts()
-                self._checked_out.set(float(status.get("checked_out", 0)))
-                self._overflow.set(float(max(status.get("overflow", 0), 0)))
+            if name == "checkout":
+                # On check-in the pool still counts the returning connection; the periodic
+                # `publish()` (serve_app/gauges.py) sets the settled value a moment later.
+                self.publish()
 
         return handle
+
+    def publish(self) -> None:
+        """Set the pool gauges from the pool's own counts (also re-set periodically: Ray drops
+        gauges that are not set for a while, which would blank the dashboard on an idle pool)."""
+        status = self.pool_counts()
+        self._checked_out.set(float(status.get("checked_out", 0)))
+        self._overflow.set(float(max(status.get("overflow", 0), 0)))
 
     def pool_counts(self) -> dict[str, int]:
         """Size, checked in/out and overflow, where the pool class reports them."""
