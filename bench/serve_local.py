@@ -71,6 +71,9 @@ def prepare_environment(database_url: str, chain: str, extra: dict[str, str] | N
             print(f"PostgreSQL not reachable ({exc}); sessions go to {database_url}", file=sys.stderr)
     env = dict(DEFAULT_ENV, TTS_ENGINE_CHAIN=chain, DATABASE_URL=database_url, **(extra or {}))
     os.environ.update(env)
+    from serve_app.launch import apply_cluster_environment
+
+    apply_cluster_environment()
     from config.settings import get_settings
 
     get_settings.cache_clear()

@@ -84,8 +84,9 @@ def start_serve() -> tuple[str, object]:
     os.environ.setdefault("DATABASE_URL", "sqlite+aiosqlite:////tmp/bench-ttfb-sessions.db")
     import ray
 
-    from serve_app.launch import deploy_config, load_config
+    from serve_app.launch import apply_cluster_environment, deploy_config, load_config
 
+    apply_cluster_environment()
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     url = deploy_config(load_config(port=free_port(), host="127.0.0.1"))
     wait_http(f"{url}/health")

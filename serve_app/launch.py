@@ -31,6 +31,20 @@ DEFAULT_DRAIN_TIMEOUT_S = 20.0  # Serve's own default graceful_shutdown_timeout_
 logger = logging.getLogger("serve_app.launch")
 
 
+# Environment for the Ray processes this project starts (they inherit the driver's environment).
+# RAY_SERVE_THROUGHPUT_OPTIMIZED is Ray Serve's documented throughput mode (requests reach the
+# ingress replica directly, user code runs on the replica's event loop, GC frozen at start); all
+# engine code is async or offloaded to threads, which that mode requires. Measured with
+# bench.ttfb on 2 cores: throughput at 20 concurrent requests 0.89x -> 0.94x plain uvicorn.
+CLUSTER_ENVIRONMENT: dict[str, str] = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+def apply_cluster_environment() -> None:
+    """Set the defaults above unless the operator set them; call before `ray.init`."""
+    for key, value in CLUSTER_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+
+
 def load_config(path: str | Path = DEFAULT_CONFIG, *, port: int | None = None, host: str | None = None) -> Any:
     """The validated Serve deploy schema from `path`, with the HTTP port/host overridden."""
     from ray.serve.schema import ServeDeploySchema
@@ -181,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     # A draining proxy reports itself drained only after this period; Serve's 30 s default (meant
     # for node drains) would make every drain last the whole timeout. Inherited by the proxies.
     os.environ.setdefault("RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S", "1")
+    apply_cluster_environment()
     # address="local": always a private cluster, even when RAY_ADDRESS points at another one.
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
     signals.install()

@@ -79,6 +79,9 @@ def ray_cluster(test_data_dir: Path, edge_server: FakeEdgeServer) -> Iterator[No
     from config.settings import get_settings
 
     get_settings.cache_clear()
+    from serve_app.launch import apply_cluster_environment
+
+    apply_cluster_environment()  # the tests run the cluster the way `make run` does
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         yield
@@ -87,6 +90,10 @@ def ray_cluster(test_data_dir: Path, edge_server: FakeEdgeServer) -> Iterator[No
 
         try:
             serve.shutdown()
+        except RuntimeError:
+            # Handles created inside async tests belong to the (by now closed) test event loop;
+            # Serve cannot close them, and ray.shutdown() below ends the cluster anyway.
+            pass
         finally:
             ray.shutdown()
             for key, value in old.items():
