@@ -36,7 +36,14 @@ logger = logging.getLogger("serve_app.launch")
 # ingress replica directly, user code runs on the replica's event loop, GC frozen at start); all
 # engine code is async or offloaded to threads, which that mode requires. Measured with
 # bench.ttfb on 2 cores: throughput at 20 concurrent requests 0.89x -> 0.94x plain uvicorn.
-CLUSTER_ENVIRONMENT: dict[str, str] = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# The two draining periods: Serve keeps a stopping proxy / direct-ingress replica alive at least this
+# long (30 s by default, meant for load balancers on node drains). Our launcher drains requests itself
+# before stopping Serve (serve_app.drain), so the defaults would only add 30 s to every shutdown.
+CLUSTER_ENVIRONMENT: dict[str, str] = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+}
 
 
 def apply_cluster_environment() -> None:
@@ -192,9 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     timeout_s = args.drain_timeout_s if args.drain_timeout_s is not None else drain_timeout_s(config)
     os.makedirs("data", exist_ok=True)
     signals = ShutdownSignals()
-    # A draining proxy reports itself drained only after this period; Serve's 30 s default (meant
-    # for node drains) would make every drain last the whole timeout. Inherited by the proxies.
-    os.environ.setdefault("RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S", "1")
+    # Includes the short draining periods: Serve's 30 s defaults (meant for node drains) would make
+    # every drain last the whole timeout. Inherited by the proxies and replicas.
     apply_cluster_environment()
     # address="local": always a private cluster, even when RAY_ADDRESS points at another one.
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
