@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--num-cpus", type=int, default=None)
     parser.add_argument(
+        "--dashboard-port", type=int, default=8265, help="Ray dashboard (replicas, logs, metrics); 0 disables it"
+    )
+    parser.add_argument(
         "--drain-timeout-s", type=float, default=None,
         help="longest wait for requests in flight at shutdown (default: the Ingress graceful_shutdown_timeout_s)",
     )
@@ -203,7 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     # every drain last the whole timeout. Inherited by the proxies and replicas.
     apply_cluster_environment()
     # address="local": always a private cluster, even when RAY_ADDRESS points at another one.
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
+    ray.init(
+        address="local",
+        num_cpus=args.num_cpus,
+        include_dashboard=args.dashboard_port > 0,
+        dashboard_host=args.host,
+        dashboard_port=args.dashboard_port or None,
+    )
     signals.install()
     try:
         coordinator = get_or_create_coordinator()  # before the replicas, so they find it at start

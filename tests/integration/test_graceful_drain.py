@@ -65,7 +65,10 @@ def start_launcher(tmp: Path, *extra: str) -> Launcher:
     log = tmp / "launch.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "serve_app.launch", "--port", str(port), "--num-cpus", "2", *extra],
+            [
+                sys.executable, "-m", "serve_app.launch", "--port", str(port), "--num-cpus", "2",
+                "--dashboard-port", "0", *extra,
+            ],
             cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     return Launcher(proc, f"http://127.0.0.1:{port}", log)
