@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 import statistics
 import time
 from dataclasses import dataclass
 
 import httpx
+
+from serve_app.launch import free_port, wait_http
+
+__all__ = ["Timing", "free_port", "median_ms", "timed_post", "wait_http"]
 
 
 @dataclass
@@ -38,19 +41,3 @@ def median_ms(values: list[float]) -> float:
     return round(statistics.median(values) * 1000, 2)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2.0).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"{url} did not come up")

@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -50,6 +51,29 @@ def apply_cluster_environment() -> None:
     """Set the defaults above unless the operator set them; call before `ray.init`."""
     for key, value in CLUSTER_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now on `host` (for private clusters, tests and benchmarks)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout_s: float = 120.0) -> None:
+    """Block until `url` answers below 500 (the app is up), or raise with the last error."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2.0).status_code < 500:
+                return
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.25)
+    raise RuntimeError(f"{url} did not come up within {timeout_s:.0f}s: {last}")
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG, *, port: int | None = None, host: str | None = None) -> Any:
@@ -186,18 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import socket
-
     import ray
     from ray import serve
 
     from serve_app.drain import get_or_create_coordinator
 
-    port = args.port
-    if port == 0:
-        with socket.socket() as s:
-            s.bind((args.host, 0))
-            port = int(s.getsockname()[1])
+    port = args.port or free_port(args.host)
     config = load_config(args.config, port=port, host=args.host)
     timeout_s = args.drain_timeout_s if args.drain_timeout_s is not None else drain_timeout_s(config)
     os.makedirs("data", exist_ok=True)

@@ -7,14 +7,16 @@ ENV=test, and short breaker cooldowns so recovery tests do not wait long.
 from __future__ import annotations
 
 import os
-import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+
+from serve_app.launch import free_port, wait_http
+
+__all__ = ["free_port", "wait_http"]  # test modules import them from here
 
 if TYPE_CHECKING:
     from tests.fakes.edge_server import FakeEdgeServer
@@ -29,25 +31,6 @@ TEST_ENV = {
     "SESSION_SWEEP_INTERVAL_S": "1.0",
     "ENV_FILE": "/nonexistent/.env",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2.0).status_code < 500:
-                return
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.25)
-    raise RuntimeError(f"{url} did not come up: {last}")
 
 
 @pytest.fixture(scope="session")
