@@ -8,41 +8,29 @@ back to zero, and timeouts that bound a slow statement.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import pytest
 from sqlalchemy import text
 
 from serve_app.db import Database, DatabaseUnavailable
 from serve_app.db.engine import driver_socket
 from serve_app.db.sessions import SessionStore
-from tests.integration.test_sessions_api import db_settings, running_app
+from tests.integration.test_sessions_api import db_settings
+from tests.support import PG_ADMIN_DSN, running_app, throwaway_database
 
 pytestmark = [pytest.mark.postgres]
 
-PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture(scope="module")
 async def pg_url() -> AsyncIterator[str]:
     """A fresh database for this module, dropped at the end."""
-    try:
-        admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {exc}")
-    name = f"tts_test_{uuid.uuid4().hex[:12]}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
     host_part = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    try:
+    async with throwaway_database("tts_test") as name:
         yield f"{host_part}/{name}"
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture

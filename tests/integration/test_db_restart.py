@@ -25,7 +25,8 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.integration.test_sessions_api import db_settings, running_app
+from tests.integration.test_sessions_api import db_settings
+from tests.support import running_app
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

@@ -7,39 +7,22 @@ the same path through the real Serve application.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from config.settings import Settings, load_settings
 from serve_app.api import deps
-from serve_app.api.deps import AuthConfigurationError, Services, set_services
+from serve_app.api.deps import AuthConfigurationError
 from serve_app.ingress import create_app
+from tests.support import running_app
 
 
 def db_settings(database_url: str, **overrides: Any) -> Settings:
     return load_settings(_env_file=None, env="test", database_url=database_url, **overrides)
-
-
-@contextlib.asynccontextmanager
-async def running_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """The real app with its lifespan (database opened, migrated, sweeper running) and a client."""
-    previous = deps._services
-    set_services(Services(settings=settings))
-    app = create_app(settings)
-    try:
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client,
-        ):
-            yield app, client
-    finally:
-        set_services(previous)
 
 
 @pytest.fixture

@@ -10,19 +10,17 @@ record) and the project's own handler output (what an operator reads: no emoji e
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
 from config.logging import configure_logging
+from tests.support import throwaway_database
 from tests.unit.test_security_app import app_settings, inprocess_app
 
-PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 DB_PASSWORD = "Pg-Pa55word-Never-Logged"  # PostgreSQL here trusts local TCP, so any password connects
 BEARER = "sk-bearer-KEYVALUE-0123456789abcdef"
 SECRET_IN_TEXT = "sk-test-SECRETVALUE"
@@ -86,17 +84,8 @@ def capture() -> Iterator[Capture]:
 @pytest.fixture
 async def pg_url_with_password() -> AsyncIterator[str]:
     """A throwaway database, addressed by a URL that carries a password."""
-    try:
-        admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {exc}")
-    name = f"tts_loghyg_{uuid.uuid4().hex[:10]}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
+    async with throwaway_database("tts_loghyg") as name:
         yield f"postgresql+asyncpg://postgres:{DB_PASSWORD}@127.0.0.1:5432/{name}"
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def conversation(client: httpx.AsyncClient, text: str) -> None:

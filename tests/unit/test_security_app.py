@@ -19,12 +19,12 @@ from fastapi import FastAPI
 
 from config.cors import CorsConfigurationError
 from config.settings import Settings, get_settings, load_settings
-from serve_app.api import deps
-from serve_app.api.deps import AuthConfigurationError, Services, set_services
+from serve_app.api.deps import AuthConfigurationError
 from serve_app.engine_client import LocalEngineClient
 from serve_app.engines.flite import FliteEngine
 from serve_app.ingress import create_app
 from serve_app.router import FallbackRouter, RouterConfig
+from tests.support import running_app
 
 ORIGIN = "https://app.example.com"
 EVIL = "https://evil.example"
@@ -39,22 +39,10 @@ def app_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return load_settings(_env_file=None, **overrides)
 
 
-@contextlib.asynccontextmanager
-async def inprocess_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+def inprocess_app(settings: Settings) -> contextlib.AbstractAsyncContextManager[tuple[FastAPI, httpx.AsyncClient]]:
     """The real app with its lifespan, speech served by a router over an in-process FliteEngine."""
-    previous = deps._services
     router = FallbackRouter({"flite": LocalEngineClient(FliteEngine())}, RouterConfig.from_settings(settings))
-    set_services(Services(settings=settings, router=router))
-    app = create_app(settings)
-    try:
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client,
-        ):
-            yield app, client
-    finally:
-        await router.aclose()
-        set_services(previous)
+    return running_app(settings, router)
 
 
 def assert_openai_error(response: httpx.Response, status: int) -> dict[str, Any]:
