@@ -161,10 +161,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_age=policy.max_age,
     )
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
-
-    app.add_middleware(RequestId)
+    if not _inside_serve_replica():
+        # Serve's proxy already echoes (or assigns) X-Request-ID; adding ours would send it twice.
+        app.add_middleware(RequestId)
     app.add_middleware(InFlightCounter)  # outermost: counts until the last byte is sent
     return app
+
+
+def _inside_serve_replica() -> bool:
+    from ray.serve import context
+
+    return context._get_internal_replica_context() is not None
 
 
 class RequestId:

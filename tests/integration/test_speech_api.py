@@ -160,3 +160,10 @@ def test_oversized_body_is_413(client: httpx.Client) -> None:
 
 def test_unknown_route_is_openai_shaped_404(client: httpx.Client) -> None:
     assert_openai_error(client.get("/v1/nothing-here"), 404)
+
+
+def test_request_id_is_echoed_once(client: httpx.Client) -> None:
+    response = client.get("/health", headers={"X-Request-ID": "trace-abc-123"})
+    assert response.headers.get_list("x-request-id") == ["trace-abc-123"]
+    assigned = client.get("/health").headers.get_list("x-request-id")
+    assert len(assigned) == 1 and assigned[0]

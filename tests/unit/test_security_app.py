@@ -220,3 +220,11 @@ async def test_wrong_content_type_is_a_clear_4xx_on_every_route(tmp_path: Path) 
                 assert error["message"] and error["type"] == "invalid_request_error", (path, label, error)
                 if "application/json" in accepted:
                     assert "JSON" in error["message"], (path, label, error)
+
+
+async def test_request_id_outside_serve_is_echoed_or_assigned_once(tmp_path: Path) -> None:
+    async with inprocess_app(app_settings(tmp_path)) as (_, client):
+        given = await client.get("/health", headers={"X-Request-ID": "trace-1"})
+        assert given.headers.get_list("x-request-id") == ["trace-1"]
+        assigned = (await client.get("/health")).headers.get_list("x-request-id")
+        assert len(assigned) == 1 and len(assigned[0]) == 16
