@@ -22,7 +22,7 @@ from serve_app.api.deps import get_router, get_services, require_api_key
 from serve_app.api.errors import ApiError, error_response
 from serve_app.audio import StreamEncoder
 from serve_app.drain import RETRY_AFTER_S, is_draining
-from serve_app.router import AllEnginesFailed, AudioChunk, FallbackRouter, SpeechRequest
+from serve_app.router import AllEnginesFailed, AudioChunk, SpeechRequest
 from serve_app.voices import OPENAI_VOICES, is_known_voice, openai_voice_mapping
 
 logger = logging.getLogger(__name__)
@@ -95,14 +95,15 @@ async def create_speech(body: SpeechBody) -> Response:
     except AllEnginesFailed as exc:
         logger.warning("speech failed before first byte: %s", str(exc)[:300])
         raise ApiError(503, str(exc)[:500], exc.code, retry_after_s=exc.retry_after_s) from None
+    ttfb_s = time.perf_counter() - started
     encoder = StreamEncoder(body.response_format, rate)
     logger.debug(
         "speech start engine=%s format=%s ttfb_ms=%.1f text=%s",
-        first.engine, body.response_format, (time.perf_counter() - started) * 1000, truncate(body.input),
+        first.engine, body.response_format, ttfb_s * 1000, truncate(body.input),
     )
     usage = services.extras.get("usage_recorder")
     return StreamingResponse(
-        _encode(first, rest, encoder, tts, body, usage, started),
+        _encode(first, rest, encoder, body, usage, started, ttfb_s),
         media_type=encoder.content_type,
         headers={"X-TTS-Engine": first.engine, "X-Sample-Rate": str(rate), "Cache-Control": "no-store"},
     )
@@ -112,11 +113,13 @@ async def _encode(
     first: AudioChunk,
     rest: AsyncIterator[AudioChunk],
     encoder: StreamEncoder,
-    tts: FallbackRouter,
     body: SpeechBody,
     usage: Any,
     started: float,
+    ttfb_s: float,
 ) -> AsyncIterator[bytes]:
+    """Encode and send; at the end, add this request to its session's usage (time to first byte
+    as the router delivered it, audio seconds, chunks per engine)."""
     pcm_bytes = 0
     engines: dict[str, int] = {}
     ok = False
@@ -148,7 +151,7 @@ async def _encode(
             with contextlib.suppress(Exception):
                 await usage(
                     body.session_id, characters=len(body.input), audio_seconds=pcm_bytes / (2 * encoder.sample_rate),
-                    engines=engines, ttfb_s=None, ok=ok, elapsed_s=time.perf_counter() - started,
+                    engines=engines, ttfb_s=ttfb_s, ok=ok, elapsed_s=time.perf_counter() - started,
                 )
 
 

@@ -49,6 +49,8 @@ def test_speech_with_session_id_is_accounted_to_the_session(client: httpx.Client
     assert usage["characters"] == len("Hello from the session test.")
     assert usage["audio_seconds"] > 0
     assert "flite" in usage["engines"]
+    ttfb = usage["latency_ms"]["ttfb"]  # the router's time to first audio, per session
+    assert ttfb["p50"] is not None and 0 < ttfb["p50"] <= usage["latency_ms"]["elapsed"]["p95"]
 
 
 def test_concurrent_sessions_through_serve_leave_the_pool_empty(client: httpx.Client) -> None:
