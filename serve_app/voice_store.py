@@ -28,7 +28,7 @@ import av
 import numpy as np
 
 from config.logging import truncate
-from serve_app.audio import decode_audio
+from serve_app.audio import decode_audio, wav_header
 from serve_app.engines.base import InvalidInput
 from serve_app.voices import CLONE_ID_PATTERN, CLONE_PREFIX
 
@@ -74,15 +74,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def _wav_bytes(rate: int, samples: np.ndarray) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(samples.astype("<i2").tobytes())
-    return buffer.getvalue()
+    pcm = samples.astype("<i2").tobytes()
+    return wav_header(rate, len(pcm)) + pcm
 
 
 class VoiceStore:

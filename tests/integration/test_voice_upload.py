@@ -9,9 +9,7 @@ the Zonos replica reads the clip from there and computes (and caches) the speake
 
 from __future__ import annotations
 
-import io
 import os
-import wave
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serve_app.audio import rms_level
+from serve_app.audio import rms_level, wav_header
 from tests.conftest import wait_http
 
 pytestmark = pytest.mark.integration
@@ -71,13 +69,8 @@ def reference_clip(seconds: float = 3.0, hz: float = 180.0) -> bytes:
     rate = 16000
     t = np.arange(int(seconds * rate)) / rate
     samples = np.sin(2 * np.pi * hz * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) * 12000
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(samples.astype("<i2").tobytes())
-    return buffer.getvalue()
+    pcm = samples.astype("<i2").tobytes()
+    return wav_header(rate, len(pcm)) + pcm
 
 
 def zonos_status(api: httpx.Client) -> dict[str, Any]:
