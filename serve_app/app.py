@@ -95,5 +95,3 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
     return cast(Application, cast(Any, Ingress).bind(**handles, unavailable=skipped))
 
-
-app = build_app
