@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SERVE_CONFIG ?= serve_config.yaml
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: run test venv install install-test flite lint typecheck bench load clean
+.PHONY: run test venv install install-test install-zonos flite lint typecheck bench load clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,11 +22,40 @@ flite:
 install: venv flite
 	$(BIN)/pip install -q -e .
 
-install-test: venv flite
+install-test: venv flite install-zonos
 	$(BIN)/pip install -q -e '.[test]'
 	@# CPU build of torch for the Zonos test double; never the multi-GB CUDA default.
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0 || \
 	  $(BIN)/pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+
+# The real upstream Zonos library (the wheel in ../shared/wheels) and what it imports, so the tests
+# run the real model code on CPU with small random weights. Quick when it already imports. Two
+# stand-ins (tools/zonos-cpu), each installed only where the real package is absent: sudachidict_full
+# served from sudachidict-core (the real one downloads its dictionary while building), and PyPI's
+# torchaudio without its native library (built for CUDA torch 2.11, it cannot load with CPU torch
+# 2.13; what Zonos uses from torchaudio is pure torch). GPU images install Zonos from source instead.
+ZONOS_WHEEL ?= ../shared/wheels/zonos-0.1.0-py3-none-any.whl
+install-zonos: venv
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  echo "installing espeak-ng (apt)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng >/dev/null; }
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0 || \
+	  $(BIN)/pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+	@if $(BIN)/python -c "import zonos.model, zonos.conditioning" >/dev/null 2>&1; then :; \
+	elif [ ! -f "$(ZONOS_WHEEL)" ]; then \
+	  echo "install-zonos: $(ZONOS_WHEEL) not found; tests on the real Zonos library will fail under CI=true"; \
+	else \
+	  echo "installing the Zonos library and its dependencies" && \
+	  $(BIN)/pip install -q transformers inflect kanjize phonemizer sudachipy sudachidict-core safetensors \
+	    huggingface-hub tqdm soundfile && \
+	  { $(BIN)/python -c "import sudachidict_full" 2>/dev/null || \
+	    $(BIN)/pip install -q ./tools/zonos-cpu/sudachidict_full; } && \
+	  { $(BIN)/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torchaudio') is None)" || \
+	    $(BIN)/python tools/zonos-cpu/torchaudio_python_only.py; } && \
+	  $(BIN)/pip install -q --no-deps "$(ZONOS_WHEEL)" && \
+	  $(BIN)/python -c "import zonos.model, zonos.conditioning"; \
+	fi
 
 # Same deployment as `serve run $(SERVE_CONFIG)` (the plain way), plus a graceful drain on
 # SIGTERM/SIGINT: requests in flight finish (up to the Ingress graceful_shutdown_timeout_s).

@@ -1,26 +1,49 @@
-"""Zyphra Zonos: the primary engine, on GPU, with batching and voice cloning.
+"""Zyphra Zonos: the primary engine, on GPU, batched, streaming, with voice cloning.
 
-The real Zonos code path, as Zyphra's `sample.py` uses it:
-`Zonos.from_pretrained(ZONOS_MODEL, device=ZONOS_DEVICE)` once per replica, a speaker embedding
-(`make_speaker_embedding`) from ZONOS_SPEAKER_AUDIO or a registered clip, `make_cond_dict` per
-request, `prepare_conditioning`, `generate`, `autoencoder.decode`, 44.1 kHz output.
+Loading is upstream's: `Zonos.from_pretrained(ZONOS_MODEL, device=ZONOS_DEVICE)` once per replica
+(or a model handed in, for tests and benchmarks), a speaker embedding (`make_speaker_embedding`)
+from ZONOS_SPEAKER_AUDIO or a registered clip, `make_cond_dict` per request, 44.1 kHz output from
+the DAC autoencoder. torch and zonos are imported lazily, inside these paths only: the service
+runs without them, and `check()` says why Zonos cannot serve (PyPI's `zonos` is an empty
+placeholder; the real package installs from https://github.com/Zyphra/Zonos; or no CUDA).
 
-- torch and zonos are imported lazily, inside these paths only: the service (and this module)
-  runs without them, and `check()` says why Zonos cannot serve (PyPI's `zonos` is an empty
-  placeholder; the real package installs from https://github.com/Zyphra/Zonos; or no CUDA).
-- Batching: `render_batch` speaks several requests with one `generate` call. Requests are turned
-  into cond dicts one by one (`make_cond_dict` only takes one speaker) and merged along the batch
-  dimension (`espeak` lists concatenated, tensors stacked), which is the shape the prefix
-  conditioner takes; `generate(batch_size=n)` then runs them as one forward pass per step. Rows
-  that finished early come back zero-filled after their end and are trimmed.
-  `serve_app.engines.zonos_deployment` feeds it from `@serve.batch`; used directly, each request
-  is its own batch.
-- Streaming: Zonos produces a whole utterance per call (`generate` returns all codes, its
-  callback only sees codes); the router speaks sentence by sentence, so we yield each sentence's
-  PCM in short chunks as soon as it is decoded.
-- Faults: GPU work runs in one worker thread at a time (the event loop stays free for health
-  checks and streaming). A CUDA error other than out-of-memory leaves the context unusable, so it
-  is remembered and `health()` fails, and Serve replaces the replica.
+Generation is our own loop around the model's modules, because upstream's `Zonos.generate` only
+works for one request at a time:
+
+- Batched conditioning. `make_cond_dict` builds one request's tensors as `[1, 1, k]`; the prefix
+  conditioner calls each conditioner as `apply_cond(*value)`, so a `[1, 1, k]` tensor is unpacked
+  into one `[1, k]` argument, while a stacked `[n, 1, k]` tensor becomes n arguments and fails
+  (`FourierConditioner.apply_cond() takes 2 positional arguments but 3 were given`). We pass
+  each batched value as a one-element tuple `([n, 1, k],)`, the calling convention `espeak`
+  already uses (`(texts, languages)`), which every conditioner accepts and batches. Texts of
+  different lengths are left-padded with PAD phonemes by upstream's own `tokenize_phonemes`.
+  Requests with and without a speaker share a batch: the conditioner runs once with the speakers
+  and once without, and each row takes its own (rows are independent in the conditioner).
+- Batched prefill under classifier-free guidance. Upstream's `_prefill` expands `[n, 9, 1]`
+  input ids to the `2n` rows (conditional, then unconditional), which only works for n = 1; we
+  repeat them instead (`repeat(2, 1, 1)`, the layout `_decode_one_token` uses), then let the
+  model's `_compute_logits` run the backbone, the heads and the guidance mix.
+- Decoding steps are the model's `_decode_one_token` (CUDA graphs on the mamba backbone), with
+  upstream's sampling (`sample_from_logits`, min-p), delay pattern, EOS rules (EOS only in
+  codebook 0, then forced into codebook k at delay k) and repetition penalty. New tokens go in
+  positionally (`torch.where`); upstream's `masked_scatter_` takes its source in flat order,
+  which is only right for one row. For one request the codes equal upstream `generate`'s with
+  the same seed (tested).
+- Rows finish independently: each row ends at its own EOS or its own token budget (from its
+  text length and speed), leaves the batch (its KV-cache rows are dropped, so a batch shrinks
+  as rows end), and its audio is exactly its frames, no padding.
+- Streaming: every step, each row's completed frames are decoded in windows with left context
+  and lookahead (`serve_app.stream_decode`) and emitted, so the first audio leaves after a few
+  frames instead of after the whole sentence. First and later chunk sizes are constructor
+  arguments (`stream_first_frames`, `stream_chunk_frames`).
+- Cancellation: the row's caller leaving (see `serve_app.batching`) drops the row at the next
+  step; a batch with no rows left stops.
+
+Requests reach the loop through a `Batcher` (batch window, max batch size, busy rejection,
+admission marker `b""`); `serve_app.batching_host` hosts the engine as a Serve deployment.
+Faults: a CUDA error other than out-of-memory leaves the context unusable, so it is remembered,
+`health()` fails and Serve replaces the replica. Bad input (empty or unspeakable text, an unknown
+language or voice, a silent reference clip) is `InvalidInput` for that request only.
 """
 
 from __future__ import annotations
@@ -30,8 +53,8 @@ import importlib
 import importlib.util
 import logging
 import threading
-from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,15 +62,16 @@ from typing import Any
 import numpy as np
 
 from config.settings import Settings
-from serve_app.audio import SAMPLE_WIDTH, decode_audio, iter_chunks
-from serve_app.engines.base import Engine, EngineCheck, EngineUnavailable, InvalidInput, Voice
+from serve_app.batching import Batcher, Row
+from serve_app.core.audio import SAMPLE_WIDTH, decode_audio
+from serve_app.core.voices import Catalogue, Voice, VoiceTable, is_clone_id
+from serve_app.engines.base import Engine, EngineCheck, EngineUnavailable, InvalidInput
+from serve_app.stream_decode import StreamWindow, Window, to_pcm
 from serve_app.voice_store import VoiceStore
-from serve_app.voices import is_clone_id, voices_for
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 44_100
-CHUNK_BYTES = int(SAMPLE_RATE * 0.2) * SAMPLE_WIDTH  # 200 ms of PCM per yielded chunk
 SPEED_RANGE = (0.25, 4.0)
 DEFAULT_SPEAKING_RATE = 15.0  # Zonos's default, "phonemes per minute" on its 0..40 scale
 SPEAKING_RATE_RANGE = (5.0, 30.0)
@@ -56,8 +80,20 @@ MAX_SECONDS = 30.0  # Zonos's own default cap (86 * 30 tokens)
 CHARS_PER_SECOND = 10.0  # a slow reading pace, so the token budget rarely cuts speech
 DEFAULT_SPEAKER = "default"
 WARMUP_TEXT = "Warming up the voice."
-INSTALL_HINT = "install Zonos from source on GPU nodes: pip install '.[gpu]' 'zonos @ git+https://github.com/Zyphra/Zonos'"
-BatchResult = bytes | Exception
+SILENT_CLIP_RMS = 1e-3  # a reference clip quieter than this (full scale 1.0) has no voice to clone
+UNKNOWN_TOKEN = -1
+INSTALL_HINT = (
+    "install Zonos from source on GPU nodes: pip install '.[gpu]' 'zonos @ git+https://github.com/Zyphra/Zonos'"
+)
+
+OPENAI_NAMES = (
+    "alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage", "shimmer", "verse",
+)  # fmt: skip
+VOICES = VoiceTable(
+    voices=(Voice(DEFAULT_SPEAKER, "zonos", "Zonos default speaker", "en-US", None),),
+    # One built-in speaker (ZONOS_SPEAKER_AUDIO or the model's own); timbre comes from clones.
+    openai={name: DEFAULT_SPEAKER for name in OPENAI_NAMES},
+)
 
 
 @dataclass(frozen=True)
@@ -70,33 +106,14 @@ class ZonosRequest:
     speed: float = 1.0
 
 
-@dataclass
-class BatchStats:
-    """How batching is going on this replica (reported by `check()`)."""
-
-    batches: int = 0
-    items: int = 0
-    largest: int = 0
-    recent: deque[int] = field(default_factory=lambda: deque(maxlen=32))
-
-    def record(self, size: int) -> None:
-        self.batches += 1
-        self.items += size
-        self.largest = max(self.largest, size)
-        self.recent.append(size)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"batches": self.batches, "items": self.items, "largest": self.largest, "recent": list(self.recent)}
-
-
 def speaking_rate(speed: float) -> float:
     """OpenAI's `speed` on Zonos's speaking-rate scale, kept in the range where it still sounds like speech."""
     return min(max(DEFAULT_SPEAKING_RATE * speed, SPEAKING_RATE_RANGE[0]), SPEAKING_RATE_RANGE[1])
 
 
-def token_budget(requests: list[ZonosRequest]) -> int:
-    """`max_new_tokens` for a batch: enough for the longest text at a slow pace, at most 30 s."""
-    seconds = max(2.0 + len(r.text) / (CHARS_PER_SECOND * min(r.speed, 1.0)) for r in requests)
+def token_budget(request: ZonosRequest) -> int:
+    """A row's `max_new_tokens`: enough for its text at a slow pace, at most 30 s."""
+    seconds = 2.0 + len(request.text) / (CHARS_PER_SECOND * min(request.speed, 1.0))
     return int(FRAME_RATE * min(seconds, MAX_SECONDS))
 
 
@@ -115,8 +132,14 @@ def match_language(requested: str, supported: list[str]) -> str | None:
     return variants[0] if variants else None
 
 
-def merge_cond_dicts(dicts: list[dict[str, Any]]) -> dict[str, Any]:
-    """One batched cond dict from per-request ones: `espeak` lists joined, tensors stacked on dim 0."""
+def batch_cond_dicts(dicts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One cond dict for a batch, in the calling convention the prefix conditioner batches.
+
+    `espeak` lists are joined; every tensor key becomes a one-element tuple holding the
+    `[n, 1, k]` stack (the conditioner calls `apply_cond(*value)`); a key that is None in every
+    dict stays None (the conditioner's learned "unconditional" vector). Mixing None and tensors
+    in one key is for the caller to split (see `batch_conditioning`).
+    """
     import torch
 
     merged: dict[str, Any] = {}
@@ -127,27 +150,43 @@ def merge_cond_dicts(dicts: list[dict[str, Any]]) -> dict[str, Any]:
         elif all(v is None for v in values):
             merged[key] = None
         elif all(isinstance(v, torch.Tensor) for v in values):
-            merged[key] = torch.cat(values, dim=0)
+            merged[key] = (torch.cat([v.reshape(1, 1, -1) for v in values], dim=0),)
         else:
             raise ValueError(f"cannot batch conditioning key {key!r} mixing tensors and None")
     return merged
 
 
-def trim_rows(codes: Any, wavs: Any) -> list[np.ndarray]:
-    """Each row's float waveform cut at its own end: the last frame with any non-zero code."""
-    frames = int(codes.shape[-1])
-    hop = int(wavs.shape[-1]) // max(frames, 1)
-    voiced = (codes != 0).any(dim=1).cpu().numpy()  # [batch, frames]
-    out: list[np.ndarray] = []
-    for row in range(int(codes.shape[0])):
-        live = np.flatnonzero(voiced[row])
-        length = (int(live[-1]) + 1) * hop if live.size else 0
-        out.append(wavs[row, 0, :length].float().cpu().numpy())
-    return out
+def batch_conditioning(model: Any, dicts: list[dict[str, Any]]) -> Any:
+    """`[2n, seq, d_model]` prefix for n requests: conditional rows, then unconditional rows.
+
+    A batch mixing requests with and without a speaker runs the conditioner twice (with a zero
+    placeholder speaker, then with none) and gives each row its own result.
+    """
+    import torch
+
+    has_speaker = [d.get("speaker") is not None for d in dicts]
+    if all(has_speaker) or not any(has_speaker):
+        return model.prepare_conditioning(batch_cond_dicts(dicts))
+    template = next(d["speaker"] for d in dicts if d.get("speaker") is not None)
+    filled = [d if d.get("speaker") is not None else {**d, "speaker": torch.zeros_like(template)} for d in dicts]
+    with_speaker = model.prepare_conditioning(batch_cond_dicts(filled))
+    without = model.prepare_conditioning(batch_cond_dicts([{**d, "speaker": None} for d in dicts]))
+    rows = torch.tensor([not s for s in has_speaker], device=with_speaker.device)
+    mask = torch.cat([rows, torch.zeros_like(rows)]).reshape(-1, 1, 1)  # unconditional halves are equal
+    return torch.where(mask, without, with_speaker)
 
 
-def to_pcm(wav: np.ndarray) -> bytes:
-    return (np.clip(wav, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+def undelay(delayed: Any, start: int, end: int) -> Any:
+    """Frames [start, end) of delayed codes `[rows, q, positions]` as plain codes `[rows, q, frames]`.
+
+    Codebook k of frame t sits at position t + k + 1 (upstream's delay pattern). Special tokens
+    (EOS 1024, masked 1025) become 0, as upstream `generate` does before decoding.
+    """
+    import torch
+
+    q = delayed.shape[1]
+    codes = torch.stack([delayed[:, k, start + k + 1 : end + k + 1] for k in range(q)], dim=1)
+    return codes.masked_fill(codes >= 1024, 0)
 
 
 def is_fatal_cuda_error(exc: BaseException) -> bool:
@@ -160,8 +199,165 @@ def is_fatal_cuda_error(exc: BaseException) -> bool:
     )
 
 
+@dataclass
+class _Live:
+    """One row of a running batch: its caller, token budget, stream schedule and end."""
+
+    row: Row[ZonosRequest]
+    budget: int
+    window: StreamWindow
+    end: int | None = None  # audio frames, once EOS was sampled
+    eos_step: int = -1  # steps left before EOS is forced into the last codebook (upstream's counter)
+    frames: int = 0
+
+
+@dataclass
+class GenerationConfig:
+    """How the loop samples and streams (constructor arguments of the engine)."""
+
+    cfg_scale: float = 2.0
+    sampling_params: Mapping[str, Any] = field(default_factory=lambda: {"min_p": 0.1})
+    stream_first_frames: int = 8
+    stream_chunk_frames: int = 32
+    stream_context_frames: int = 8
+    stream_lookahead_frames: int = 4
+    streaming: bool = True
+    max_new_frames: int | None = None  # fixed budget for every row (benchmarks), else per text
+    stop_at_eos: bool = True  # False: EOS is never sampled, rows run to their budget (benchmarks)
+
+    def window(self) -> StreamWindow:
+        first = self.stream_first_frames if self.streaming else 1 << 30  # one-shot: everything at the end
+        return StreamWindow(first, self.stream_chunk_frames, self.stream_context_frames, self.stream_lookahead_frames)
+
+
+def generate_batch(
+    model: Any,
+    cond_dicts: list[dict[str, Any]],
+    rows: list[Row[ZonosRequest]],
+    budgets: list[int],
+    config: GenerationConfig,
+) -> None:
+    """Speak `rows` (one cond dict and token budget each) with one batched generation; stream each row.
+
+    Runs under `torch.inference_mode()` in the caller's thread; ends every row it is given (finish
+    when its audio is out, or nothing if its caller left).
+    """
+    import torch
+    from zonos.codebook_pattern import apply_delay_pattern
+    from zonos.sampling import sample_from_logits
+
+    device = model.device
+    eos, masked = int(model.eos_token_id), int(model.masked_token_id)
+    n = len(rows)
+    prefix = batch_conditioning(model, cond_dicts)
+    longest = max(budgets)
+    live = [_Live(row, budget, config.window()) for row, budget in zip(rows, budgets, strict=True)]
+    with torch.device(device):
+        codes = torch.full((n, 9, longest), UNKNOWN_TOKEN)
+        params = model.setup_cache(batch_size=2 * n, max_seqlen=prefix.shape[1] + longest + 9 + 1)
+    for i, budget in enumerate(budgets):
+        codes[i, :, budget:] = masked  # past its budget a row has nothing to generate
+    delayed = apply_delay_pattern(codes, masked)
+    sampling = dict(config.sampling_params)
+    cudagraphs = bool(model.can_use_cudagraphs())
+
+    # Prefill: the prefix and the first (all-masked) frame for all 2n rows.
+    first = delayed[..., :1]
+    hidden = torch.cat([prefix, model.embed_codes(first.repeat(2, 1, 1))], dim=1)
+    logits = model._compute_logits(hidden, params, config.cfg_scale)
+    token = sample_from_logits(logits, **sampling)
+    offset = 1
+    delayed[..., 1:2] = torch.where(delayed[..., 1:2] == UNKNOWN_TOKEN, token, delayed[..., 1:2])
+    params.seqlen_offset += prefix.shape[1] + 1
+    params.lengths_per_sample[:] += prefix.shape[1] + 1
+    bias = torch.zeros_like(logits)
+    bias[:, 1:, eos] = -torch.inf  # only codebook 0 may end the utterance
+    if not config.stop_at_eos:
+        bias[:, 0, eos] = -torch.inf
+    cfg = torch.tensor(config.cfg_scale)
+
+    while live:
+        # Rows whose caller left stop here, before another step is spent on them.
+        keep = [i for i, r in enumerate(live) if not r.row.cancelled]
+        if len(keep) < len(live):
+            delayed, bias = _compact(model, params, keep, delayed, bias)
+            live = [live[i] for i in keep]
+            if not live:
+                break
+        offset += 1
+        logits = model._decode_one_token(delayed[..., offset - 1 : offset], params, cfg, allow_cudagraphs=cudagraphs)
+        logits += bias
+        token = sample_from_logits(logits, generated_tokens=delayed[..., :offset], **sampling)
+        for i, (r, ended) in enumerate(zip(live, (token[:, 0, 0] == eos).tolist(), strict=True)):
+            if ended and r.end is None and offset - 1 < r.budget:
+                r.end, r.eos_step = offset - 1, 0  # frame offset-1 is the EOS frame: audio is 0..offset-2
+            if r.end is not None:
+                index = min(r.eos_step, 8)
+                token[i, :index] = masked
+                token[i, index] = eos
+                r.eos_step += 1
+        frame = delayed[..., offset : offset + 1]
+        delayed[..., offset : offset + 1] = torch.where(frame == UNKNOWN_TOKEN, token, frame)
+        params.seqlen_offset += 1
+        params.lengths_per_sample[:] += 1
+
+        done: list[int] = []
+        due: list[tuple[int, Window]] = []
+        for i, r in enumerate(live):
+            end = r.end if r.end is not None else r.budget
+            r.frames = r.row.frames = min(offset - 8, end)  # frames whose 9 codebooks are all known
+            final = r.frames >= end
+            window = r.window.due(r.frames, final=final)
+            if window is not None:
+                due.append((i, window))
+            if final:
+                done.append(i)
+        _decode_and_emit(model, delayed, live, due)
+        for i in done:
+            live[i].row.finish()
+        if done:
+            keep = [i for i in range(len(live)) if i not in set(done)]
+            if keep:
+                delayed, bias = _compact(model, params, keep, delayed, bias)
+            live = [live[i] for i in keep]
+    model._cg_graph = None  # upstream resets its CUDA graph after each generation too
+
+
+def _compact(model: Any, params: Any, keep: list[int], delayed: Any, bias: Any) -> tuple[Any, Any]:
+    """Drop finished or cancelled rows from the batch: codes, logit bias and both CFG halves of the cache."""
+    import torch
+
+    n = delayed.shape[0]
+    index = torch.tensor(keep, device=delayed.device)
+    both = torch.cat([index, index + n])
+    for layer, state in list(params.key_value_memory_dict.items()):
+        params.key_value_memory_dict[layer] = tuple(
+            t.index_select(0, both.to(t.device)) if isinstance(t, torch.Tensor) else t for t in state
+        )
+    params.lengths_per_sample = params.lengths_per_sample.index_select(0, both.to(params.lengths_per_sample.device))
+    params.max_batch_size = 2 * len(keep)
+    model._cg_graph = None  # a captured CUDA graph points at the old cache tensors
+    return delayed.index_select(0, index), bias.index_select(0, index)
+
+
+def _decode_and_emit(model: Any, delayed: Any, live: list[_Live], due: list[tuple[int, Window]]) -> None:
+    """Decode every due window (windows of equal length together) and emit each row's new audio."""
+    import torch
+
+    by_length: dict[int, list[tuple[int, Window]]] = {}
+    for item in due:
+        by_length.setdefault(item[1].frames, []).append(item)
+    for group in by_length.values():
+        codes = torch.cat([undelay(delayed[i : i + 1], w.start, w.end) for i, w in group])
+        wavs = model.autoencoder.decode(codes)
+        hop = wavs.shape[-1] // group[0][1].frames
+        for (i, window), wav in zip(group, wavs, strict=True):
+            live[i].row.emit(to_pcm(wav[0, window.keep(hop)].float().cpu().numpy()))
+            live[i].window.mark(window)
+
+
 class ZonosEngine(Engine):
-    """Zonos as an `Engine`; `load()` once per replica, then `synthesize` or `render_batch`."""
+    """Zonos as an `Engine`; `load()` once per replica, then `synthesize` (batched by `self.batcher`)."""
 
     name = "zonos"
     sample_rate = SAMPLE_RATE
@@ -176,7 +372,28 @@ class ZonosEngine(Engine):
         voices_dir: str = "./data/voices",
         seed: int | None = None,
         voice_cache_size: int = 64,
+        catalogue: Catalogue | None = None,
+        model: Any = None,
+        model_factory: Callable[[], Any] | None = None,
+        max_batch_size: int = 8,
+        batch_wait_s: float = 0.02,
+        max_queued: int = 32,
+        max_concurrent_batches: int = 1,
+        stream_first_frames: int = 8,
+        stream_chunk_frames: int = 32,
+        stream_context_frames: int = 8,
+        stream_lookahead_frames: int = 4,
+        streaming: bool = True,
+        cfg_scale: float = 2.0,
+        sampling_params: Mapping[str, Any] | None = None,
+        max_new_frames: int | None = None,
+        stop_at_eos: bool = True,
+        warmup_on_start: bool = True,
     ) -> None:
+        """`model` (built) or `model_factory` (called by `load()`) replace `Zonos.from_pretrained`
+        (tests, benchmarks with random weights); the `stream_*` arguments set the chunk schedule
+        (`serve_app.stream_decode`); `max_new_frames`/`stop_at_eos=False` fix every row's length."""
+        self.catalogue = catalogue or Catalogue({self.name: VOICES})
         self.model_name = model_name
         self.device = device
         self.language = language
@@ -184,16 +401,38 @@ class ZonosEngine(Engine):
         self.seed = seed
         self.voice_store = VoiceStore(voices_dir)
         self.voice_cache_size = voice_cache_size
-        self.stats = BatchStats()
-        self._model: Any = None
+        self.warmup_on_start = warmup_on_start
+        self.generation = GenerationConfig(
+            cfg_scale=cfg_scale,
+            sampling_params=dict(sampling_params) if sampling_params is not None else {"min_p": 0.1},
+            stream_first_frames=stream_first_frames,
+            stream_chunk_frames=stream_chunk_frames,
+            stream_context_frames=stream_context_frames,
+            stream_lookahead_frames=stream_lookahead_frames,
+            streaming=streaming,
+            max_new_frames=max_new_frames,
+            stop_at_eos=stop_at_eos,
+        )
+        self.generation.window()  # validates the chunk schedule now, not at the first request
+        self.batcher: Batcher[ZonosRequest] = Batcher(
+            self,
+            name=self.name,
+            max_batch_size=max_batch_size,
+            wait_s=batch_wait_s,
+            max_queued=max_queued,
+            max_concurrent_batches=max_concurrent_batches,
+        )
+        self._model: Any = model
+        self._model_factory = model_factory
+        self._injected = model is not None or model_factory is not None
         self._languages: list[str] = []
         self._problem: str | None = None
         self._fatal: str | None = None
         self._default_speaker: Any = None
         self._speakers: OrderedDict[str, Any] = OrderedDict()
+        self._speaker_lock = threading.Lock()
         self._load_lock = threading.Lock()
-        self._gpu_lock = threading.Lock()
-        self._renderer: Callable[[ZonosRequest], Awaitable[BatchResult]] = self._render_alone
+        self._ready = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ZonosEngine:
@@ -223,7 +462,7 @@ class ZonosEngine(Engine):
                 f"package 'zonos' is not the Zyphra model (PyPI's 'zonos' is an empty placeholder): "
                 f"{type(exc).__name__}: {str(exc)[:160]}; {INSTALL_HINT}"
             )
-        if self.device.startswith("cuda"):
+        if self.device.startswith("cuda") and not self._injected:
             import torch
 
             if not torch.cuda.is_available():
@@ -232,12 +471,12 @@ class ZonosEngine(Engine):
 
     @property
     def loaded(self) -> bool:
-        return self._model is not None
+        return self._ready
 
     def load(self) -> None:
         """Load the model and the default speaker (blocking, idempotent); failures become `check()`'s reason."""
         with self._load_lock:
-            if self._model is not None or self._problem is not None:
+            if self._ready or self._problem is not None:
                 return
             problem = self.dependency_problem()
             if problem is not None:
@@ -245,12 +484,15 @@ class ZonosEngine(Engine):
                 logger.warning("zonos unavailable: %s", problem)
                 return
             from zonos.conditioning import supported_language_codes
-            from zonos.model import Zonos
 
             try:
-                model = Zonos.from_pretrained(self.model_name, device=self.device)
-                model.requires_grad_(False).eval()
-                self._model = model
+                if self._model is None and self._model_factory is not None:
+                    self._model = self._model_factory()
+                if self._model is None:
+                    from zonos.model import Zonos
+
+                    self._model = Zonos.from_pretrained(self.model_name, device=self.device)
+                self._model.requires_grad_(False).eval()
                 self._languages = list(supported_language_codes)
                 if match_language(self.language, self._languages) is None:
                     raise ValueError(f"ZONOS_LANGUAGE={self.language} is not a language Zonos speaks")
@@ -262,14 +504,15 @@ class ZonosEngine(Engine):
                 self._problem = f"loading {self.model_name} on {self.device} failed: {reason}"
                 logger.error("zonos unavailable: %s", self._problem)
                 return
+            self._ready = True
             logger.info("zonos loaded model=%s device=%s", self.model_name, self.device)
 
     def warmup(self) -> None:
-        """One synthesis at replica start (compiles kernels, fills caches), so no user pays for it."""
-        if self._model is None:
+        """One sentence at replica start (allocations, kernels, caches), so no user pays for it."""
+        if not self._ready or not self.warmup_on_start:
             return
-        result = self.render_batch_blocking([ZonosRequest(WARMUP_TEXT, self._language(None), DEFAULT_SPEAKER)])[0]
-        if isinstance(result, Exception):
+        result = self.batcher.run_now([ZonosRequest(WARMUP_TEXT, self._language(None), DEFAULT_SPEAKER)])[0]
+        if isinstance(result, BaseException):
             logger.warning("zonos warm-up failed: %s", result)
         else:
             logger.info("zonos warm-up done (%.2f s of audio)", len(result) / (SAMPLE_WIDTH * SAMPLE_RATE))
@@ -279,74 +522,98 @@ class ZonosEngine(Engine):
     def _embed(self, rate: int, samples: np.ndarray) -> Any:
         import torch
 
-        wav = torch.from_numpy(samples.astype(np.float32) / 32768.0).unsqueeze(0)  # [channels=1, samples]
-        return self._model.make_speaker_embedding(wav, rate)
+        wav = samples.astype(np.float32) / 32768.0
+        if wav.size == 0 or float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))) < SILENT_CLIP_RMS:
+            raise InvalidInput("the reference clip is silent: there is no voice in it to clone", param="voice")
+        return self._model.make_speaker_embedding(torch.from_numpy(wav).unsqueeze(0), rate)  # [channels=1, samples]
 
     def _speaker(self, key: str) -> Any:
         """Embedding for DEFAULT_SPEAKER or a clone id; clones are cached (LRU) per replica."""
         if key == DEFAULT_SPEAKER:
             return self._default_speaker
-        if key in self._speakers:
-            self._speakers.move_to_end(key)
-            return self._speakers[key]
+        with self._speaker_lock:
+            if key in self._speakers:
+                self._speakers.move_to_end(key)
+                return self._speakers[key]
         try:
             rate, samples = self.voice_store.load(key)
         except KeyError:
-            raise InvalidInput(f"voice '{key}' is not registered") from None
+            raise InvalidInput(f"voice '{key}' is not registered", param="voice") from None
         embedding = self._embed(rate, samples)
-        self._speakers[key] = embedding
-        while len(self._speakers) > self.voice_cache_size:
-            self._speakers.popitem(last=False)
+        with self._speaker_lock:
+            self._speakers[key] = embedding
+            while len(self._speakers) > self.voice_cache_size:
+                self._speakers.popitem(last=False)
         return embedding
 
-    # --- batched rendering --------------------------------------------------------------------
+    # --- the batch runner (called by self.batcher in a worker thread) -------------------------
 
-    def render_batch_blocking(self, requests: list[ZonosRequest]) -> list[BatchResult]:
-        """PCM (or the error) for each request, with as few `generate` calls as possible. GPU-serialised."""
-        with self._gpu_lock:
-            results: list[BatchResult | None] = [None] * len(requests)
-            speakers: dict[int, Any] = {}
-            for index, request in enumerate(requests):
-                try:
-                    speakers[index] = self._speaker(request.speaker)
-                except Exception as exc:
-                    results[index] = self._as_engine_error(exc)
-            # The prefix conditioner stacks speakers, so "no speaker" and "a speaker" cannot share a batch.
-            groups: dict[bool, list[int]] = {}
-            for index, speaker in speakers.items():
-                groups.setdefault(speaker is None, []).append(index)
-            for indices in groups.values():
-                try:
-                    pcms = self._generate([requests[i] for i in indices], [speakers[i] for i in indices])
-                except Exception as exc:
-                    error = self._as_engine_error(exc)
-                    for i in indices:
-                        results[i] = error
-                    continue
-                for i, pcm in zip(indices, pcms, strict=True):
-                    results[i] = pcm
-            return [r if r is not None else EngineUnavailable("no result") for r in results]
-
-    def _generate(self, requests: list[ZonosRequest], speakers: list[Any]) -> list[bytes]:
+    def run_batch(self, rows: list[Row[ZonosRequest]]) -> None:
+        """Speak a batch: per-row preparation (a bad row fails alone), then one generation."""
         import torch
-        from zonos.conditioning import make_cond_dict
 
-        cond_dicts = [
-            make_cond_dict(
-                text=r.text, language=r.language, speaker=s, speaking_rate=speaking_rate(r.speed), device=self.device
-            )
-            for r, s in zip(requests, speakers, strict=True)
-        ]
-        conditioning = self._model.prepare_conditioning(merge_cond_dicts(cond_dicts))
-        if self.seed is not None:
-            torch.manual_seed(self.seed)
-        codes = self._model.generate(
-            conditioning, max_new_tokens=token_budget(requests), batch_size=len(requests), progress_bar=False
-        )
-        wavs = self._model.autoencoder.decode(codes)
-        self.stats.record(len(requests))
-        logger.debug("zonos batch size=%d frames=%d", len(requests), int(codes.shape[-1]))
-        return [to_pcm(wav) for wav in trim_rows(codes, wavs)]
+        if self._model is None:
+            for row in rows:
+                row.fail(EngineUnavailable(self._problem or "zonos is not loaded"))
+            return
+        if self._fatal:
+            for row in rows:
+                row.fail(EngineUnavailable(self._fatal))
+            return
+        try:
+            with torch.inference_mode():
+                ready, cond_dicts, budgets = self._prepare_rows(rows)
+                if not ready:
+                    return
+                if self.seed is not None:
+                    torch.manual_seed(self.seed)
+                generate_batch(self._model, cond_dicts, ready, budgets, self.generation)
+        except Exception as exc:
+            error = self._as_engine_error(exc)
+            for row in rows:
+                row.fail(error)
+            return
+        logger.debug("zonos batch size=%d done", len(rows))
+
+    def _prepare_rows(
+        self, rows: list[Row[ZonosRequest]]
+    ) -> tuple[list[Row[ZonosRequest]], list[dict[str, Any]], list[int]]:
+        """Rows that can be spoken, with their cond dicts and budgets; the others fail alone."""
+        from zonos.conditioning import make_cond_dict, phonemize
+
+        ready: list[Row[ZonosRequest]] = []
+        cond_dicts: list[dict[str, Any]] = []
+        budgets: list[int] = []
+        for row in rows:
+            if row.cancelled:
+                continue
+            request = row.request
+            try:
+                phonemes = phonemize([request.text], [request.language])[0]
+                if not any(ch.isalpha() for ch in phonemes):
+                    raise InvalidInput("the text has nothing speakable in it", param="input")
+                cond = make_cond_dict(
+                    text=request.text,
+                    language=request.language,
+                    speaker=self._speaker(request.speaker),
+                    speaking_rate=speaking_rate(request.speed),
+                    device=self._model.device,
+                )
+            except Exception as exc:
+                row.fail(self._row_error(exc))
+                continue
+            ready.append(row)
+            cond_dicts.append(cond)
+            budgets.append(self.generation.max_new_frames or token_budget(request))
+        return ready, cond_dicts, budgets
+
+    def _row_error(self, exc: BaseException) -> Exception:
+        """A problem with one request (eSpeak cannot read the text in that language, a bad clip)."""
+        if isinstance(exc, InvalidInput | EngineUnavailable):
+            return exc
+        if isinstance(exc, RuntimeError | ValueError | AssertionError) and not is_fatal_cuda_error(exc):
+            return InvalidInput(f"zonos cannot speak this request: {type(exc).__name__}: {str(exc)[:160]}")
+        return self._as_engine_error(exc)
 
     def _as_engine_error(self, exc: BaseException) -> Exception:
         if isinstance(exc, InvalidInput | EngineUnavailable):
@@ -354,7 +621,7 @@ class ZonosEngine(Engine):
         if is_fatal_cuda_error(exc):
             self._fatal = f"CUDA error: {str(exc)[:200]}"
             logger.error("zonos replica unhealthy: %s", self._fatal)
-        elif type(exc).__name__ == "OutOfMemoryError":
+        elif type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
             self._empty_cache()
         return EngineUnavailable(f"zonos failed: {type(exc).__name__}: {str(exc)[:200]}")
 
@@ -364,63 +631,52 @@ class ZonosEngine(Engine):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    async def render_batch(self, requests: list[ZonosRequest]) -> list[BatchResult]:
-        """`render_batch_blocking` in a worker thread; the Serve deployment's `@serve.batch` calls this."""
-        if self._model is None:
-            await asyncio.to_thread(self.load)
-        if self._model is None:
-            error = EngineUnavailable(self._problem or "zonos is not loaded")
-            return [error for _ in requests]
-        return await asyncio.to_thread(self.render_batch_blocking, requests)
-
-    async def _render_alone(self, request: ZonosRequest) -> BatchResult:
-        return (await self.render_batch([request]))[0]
-
-    def use_renderer(self, renderer: Callable[[ZonosRequest], Awaitable[BatchResult]]) -> None:
-        """Route `synthesize` through `renderer` (the deployment's batching queue) instead of alone."""
-        self._renderer = renderer
-
     # --- Engine contract ----------------------------------------------------------------------
 
     def voices(self) -> list[Voice]:
-        return voices_for(self.name)
+        return self.catalogue.voices_for(self.name) or list(VOICES.voices)
 
     def _language(self, requested: str | None) -> str:
         if not self._languages:
             return self.language
         code = match_language(requested or self.language, self._languages)
         if code is None:
-            raise InvalidInput(f"Zonos does not speak language '{(requested or '')[:16]}'")
+            raise InvalidInput(f"Zonos does not speak language '{(requested or '')[:16]}'", param="language")
         return code
 
     def _speaker_key(self, voice: str | None) -> str:
         if voice and is_clone_id(voice):
             if not self.voice_store.exists(voice):
-                raise InvalidInput(f"voice '{voice}' is not registered")
+                raise InvalidInput(f"voice '{voice}' is not registered", param="voice")
             return voice
         self.resolve_voice(voice)  # OpenAI names and other engines' voices map to the default speaker
         return DEFAULT_SPEAKER
 
-    async def synthesize(
-        self, text: str, voice: str | None = None, *, language: str | None = None, speed: float = 1.0
-    ) -> AsyncIterator[bytes]:
+    async def prepare(self, text: str, voice: str | None, language: str | None, speed: float) -> ZonosRequest:
+        """Check a request and load the model; every error here is raised before the request queues."""
         if self._fatal:
             raise EngineUnavailable(self._fatal)
         if not text.strip():
-            raise InvalidInput("text is empty")
+            raise InvalidInput("text is empty", param="input")
+        if not any(ch.isalnum() for ch in text):
+            raise InvalidInput("the text has nothing speakable in it", param="input")
         if not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]:
-            raise InvalidInput(f"speed must be between {SPEED_RANGE[0]} and {SPEED_RANGE[1]}")
-        if self._model is None:
+            raise InvalidInput(f"speed must be between {SPEED_RANGE[0]} and {SPEED_RANGE[1]}", param="speed")
+        if not self._ready:
             await asyncio.to_thread(self.load)
-        if self._model is None:
+        if not self._ready:
             raise EngineUnavailable(self._problem or "zonos is not loaded")
         request = ZonosRequest(text, self._language(language), self._speaker_key(voice), speed)
         # Lengths only: per-sentence excerpts would add up to the whole user text in a DEBUG log.
         logger.debug("zonos synthesize speaker=%s lang=%s chars=%d", request.speaker, request.language, len(text))
-        result = await self._renderer(request)
-        if isinstance(result, Exception):
-            raise result
-        for chunk in iter_chunks(result, CHUNK_BYTES):
+        return request
+
+    async def synthesize(
+        self, text: str, voice: str | None = None, *, language: str | None = None, speed: float = 1.0
+    ) -> AsyncIterator[bytes]:
+        """`b""` when the request joins a batch (the router's first-byte timer starts there), then PCM chunks."""
+        request = await self.prepare(text, voice, language, speed)
+        async for chunk in self.batcher.stream(request):
             yield chunk
 
     async def check(self) -> EngineCheck:
@@ -429,11 +685,21 @@ class ZonosEngine(Engine):
             "device": self.device,
             "loaded": self.loaded,
             "speakers_cached": len(self._speakers),
-            "batching": self.stats.to_dict(),
+            "batching": {
+                **self.batcher.stats.to_dict(),
+                "queued": self.batcher.queued,
+                "running": self.batcher.running,
+                "max_batch_size": self.batcher.max_batch_size,
+            },
+            "streaming": {
+                "enabled": self.generation.streaming,
+                "first_frames": self.generation.stream_first_frames,
+                "chunk_frames": self.generation.stream_chunk_frames,
+            },
         }
         if self._fatal:
             return EngineCheck(self.name, False, self._fatal, details)
-        problem = self._problem or (None if self.loaded else self.dependency_problem())
+        problem = self._problem or (None if self._ready else self.dependency_problem())
         return EngineCheck(self.name, problem is None, problem, details)
 
     async def health(self) -> str | None:

@@ -1,7 +1,9 @@
 """ZonosEngine on the CPU build of torch, against the Zonos test double (tests/fakes/zonos).
 
 The double is importable as `zonos` only inside these tests (the `zonos_double` fixture puts
-tests/fakes on sys.path and removes it, and the imported modules, afterwards).
+tests/fakes on sys.path and removes it, and the imported modules, afterwards). It accepts exactly
+what the real library accepts (tests/unit/test_zonos_real.py checks that, call by call, and runs
+the engine on the real library); here it keeps the engine's own logic fast to test.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serve_app.audio import rms_level
+from serve_app.core.audio import rms_level
 from serve_app.engines.base import EngineUnavailable, InvalidInput
 from serve_app.engines.zonos import (
     SAMPLE_RATE,
     ZonosEngine,
     ZonosRequest,
+    batch_cond_dicts,
     is_fatal_cuda_error,
     match_language,
     speaking_rate,
@@ -62,7 +65,10 @@ def engine(tmp_path: Path, **kwargs: Any) -> ZonosEngine:
 
 
 async def speak(e: ZonosEngine, text: str, voice: str | None = "alloy", **kwargs: Any) -> list[bytes]:
-    return [chunk async for chunk in e.synthesize(text, voice, **kwargs)]
+    """The audio chunks of one request (the admission marker `b""` it starts with is checked and dropped)."""
+    chunks = [chunk async for chunk in e.synthesize(text, voice, **kwargs)]
+    assert chunks[0] == b""
+    return chunks[1:]
 
 
 def dominant_hz(pcm: bytes) -> float:
@@ -75,13 +81,14 @@ def dominant_hz(pcm: bytes) -> float:
 
 
 def test_module_imports_without_torch_or_zonos() -> None:
-    code = "import sys, serve_app.engines.zonos, serve_app.engines.zonos_deployment; print('torch' in sys.modules)"
+    code = "import sys, serve_app.engines.zonos, serve_app.batching_host; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
-async def test_check_says_the_package_is_missing(tmp_path: Path) -> None:
-    assert importlib.util.find_spec("zonos") is None
+async def test_check_says_the_package_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "zonos" else real(name, *a))
     e = engine(tmp_path)
     check = await e.check()
     assert not check.available
@@ -147,28 +154,42 @@ async def test_speed_and_text_length_shape_the_audio(tmp_path: Path, zonos_doubl
     assert speaking_rate(2.0) == 30.0 and speaking_rate(0.25) == 5.0
 
 
-async def test_concurrent_requests_share_one_generate_call(tmp_path: Path, zonos_double: None) -> None:
-    e = engine(tmp_path, seed=7)
+async def test_concurrent_requests_share_one_batch_and_end_on_their_own(tmp_path: Path, zonos_double: None) -> None:
+    import asyncio
+
     texts = ["Hi.", "A medium length sentence here.", "And a much longer sentence, which takes a while to say."]
-    e.load()
-    alone = [await e.render_batch([ZonosRequest(t, "en-us", "default")]) for t in texts]
-    e._model.generate_calls.clear()
-    batched = await e.render_batch([ZonosRequest(t, "en-us", "default") for t in texts])
-    assert e._model.generate_calls == [3]
-    # Each row is cut at its own end: the same length as when spoken alone, not the batch's longest.
-    assert [len(r) for r in batched] == [len(a[0]) for a in alone]  # type: ignore[arg-type]
-    assert len(batched[0]) < len(batched[2])  # type: ignore[arg-type]
+    alone = [b"".join(await speak(engine(tmp_path), t)) for t in texts]
+    e = engine(tmp_path, max_batch_size=3, batch_wait_s=1.0)
+    batched = [b"".join(chunks) for chunks in await asyncio.gather(*(speak(e, t) for t in texts))]
+    assert list(e.batcher.stats.recent) == [3]
+    # Each row ends at its own end: the same audio as when spoken alone, not padded to the longest.
+    assert batched == alone
+    assert len(batched[0]) < len(batched[1]) < len(batched[2])
     assert (await e.check()).details["batching"]["largest"] == 3
 
 
 async def test_bad_item_fails_alone_and_the_rest_of_the_batch_is_spoken(tmp_path: Path, zonos_double: None) -> None:
     e = engine(tmp_path)
     e.load()
-    results = await e.render_batch(
+    results = e.batcher.run_now(
         [ZonosRequest("Fine.", "en-us", "default"), ZonosRequest("Missing.", "en-us", "clone-000000000000")]
     )
     assert isinstance(results[0], bytes) and len(results[0]) > 0
     assert isinstance(results[1], InvalidInput)
+
+
+def test_stacked_conditioning_is_refused_as_the_real_library_does(zonos_double: None) -> None:
+    """The old batching stacked `[n, 1, k]` tensors; the real conditioners take them as n arguments."""
+    import torch
+    from zonos.conditioning import make_cond_dict
+    from zonos.model import Zonos
+
+    model = Zonos.from_pretrained("Zyphra/Zonos-v0.1-transformer", device="cpu")
+    dicts = [make_cond_dict(text=t, device="cpu") for t in ("One.", "Two.")]
+    stacked = {k: torch.cat([d[k] for d in dicts]) if isinstance(v, torch.Tensor) else v for k, v in dicts[0].items()}
+    with pytest.raises(TypeError, match="positional arguments"):
+        model.prepare_conditioning(stacked)
+    assert model.prepare_conditioning(batch_cond_dicts(dicts)).shape[0] == 4
 
 
 async def test_cloned_voice_is_used_and_its_embedding_cached(tmp_path: Path, zonos_double: None) -> None:
@@ -224,9 +245,10 @@ async def test_default_and_cloned_speakers_in_one_batch(tmp_path: Path, zonos_do
     e = engine(tmp_path)
     e.load()
     speakers = ["default", clone.id, "default"]
-    results = await e.render_batch([ZonosRequest(f"Line {i}.", "en-us", s) for i, s in enumerate(speakers)])
+    results = e.batcher.run_now([ZonosRequest(f"Line {i}.", "en-us", s) for i, s in enumerate(speakers)])
     assert all(isinstance(r, bytes) and r for r in results)
-    assert sorted(e._model.generate_calls) == [1, 2]  # no-speaker rows and speaker rows batch separately
+    assert list(e.batcher.stats.recent) == [3]  # speaker and no-speaker rows share one batch
+    assert dominant_hz(results[0]) != pytest.approx(dominant_hz(results[1]), abs=5.0)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -258,7 +280,7 @@ async def test_cuda_errors_fail_health_but_out_of_memory_does_not(tmp_path: Path
     def oom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    e._model.generate = oom
+    e._model._decode_one_token = oom
     with pytest.raises(EngineUnavailable):
         await speak(e, "Hello.")
     assert await e.health() is None
@@ -266,7 +288,7 @@ async def test_cuda_errors_fail_health_but_out_of_memory_does_not(tmp_path: Path
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    e._model.generate = broken
+    e._model._decode_one_token = broken
     with pytest.raises(EngineUnavailable):
         await speak(e, "Hello.")
     assert "illegal memory access" in (await e.health() or "")
@@ -277,8 +299,12 @@ async def test_cuda_errors_fail_health_but_out_of_memory_does_not(tmp_path: Path
     assert not is_fatal_cuda_error(ValueError("bad shape"))
 
 
-def test_warmup_runs_one_generate(tmp_path: Path, zonos_double: None) -> None:
+def test_warmup_speaks_one_sentence_and_can_be_turned_off(tmp_path: Path, zonos_double: None) -> None:
     e = engine(tmp_path)
     e.load()
     e.warmup()
-    assert e._model.generate_calls == [1]
+    assert list(e.batcher.stats.recent) == [1]
+    quiet = engine(tmp_path, warmup_on_start=False)
+    quiet.load()
+    quiet.warmup()
+    assert quiet.batcher.stats.batches == 0

@@ -1,9 +1,10 @@
 """Test double of `zonos.autoencoder.DACAutoencoder`: 9 codebooks of 1024 codes, 44.1 kHz, 512 samples a frame.
 
 `decode` turns each frame's codes into 512 samples of a tone (pitch from codebook 0) instead of
-running the DAC decoder; all-zero frames (what `generate` leaves after a row's end) decode to
-silence, as padding decodes to near-silence in the real model. Shapes and dtypes are the real ones:
-codes [batch, 9, frames] int64 in, float32 [batch, 1, frames * 512] out.
+running the DAC decoder. Each frame is decoded on its own (the real decoder looks ~7 frames
+either way), so a windowed decode equals the one-shot decode exactly. Accepts what the real one
+accepts: int64 codes `[batch, 9, frames]` in 0..1023 (the real codebook lookup raises IndexError
+for EOS 1024 or the mask token 1025), float32 `[batch, 1, frames * 512]` out.
 """
 
 from __future__ import annotations
@@ -31,17 +32,13 @@ class DACAutoencoder:
         right_pad = math.ceil(wav.shape[-1] / HOP) * HOP - wav.shape[-1]
         return torch.nn.functional.pad(wav, (0, right_pad))
 
-    def encode(self, wav: torch.Tensor) -> torch.Tensor:
-        frames = wav.shape[-1] // HOP
-        level = wav.reshape(wav.shape[0], -1)[:, : frames * HOP].reshape(wav.shape[0], frames, HOP).abs().mean(-1)
-        codes = (level * 1023).clamp(1, 1023).to(torch.int64)
-        return codes.unsqueeze(1).expand(-1, self.num_codebooks, -1).contiguous()
-
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        assert codes.ndim == 3 and codes.shape[1] == self.num_codebooks, "codes must be [batch, 9, frames]"
+        if codes.ndim != 3 or codes.shape[1] != self.num_codebooks:
+            raise RuntimeError(f"codes must be [batch, {self.num_codebooks}, frames], got {list(codes.shape)}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+            raise IndexError("index out of range in self")
         batch, _, frames = codes.shape
-        t = torch.arange(frames * HOP, dtype=torch.float32, device=codes.device) / self.sampling_rate
-        pitch = (110.0 + codes[:, 0, :].to(torch.float32) % 128 * 2.0).repeat_interleave(HOP, dim=-1)
-        voiced = (codes != 0).any(dim=1).to(torch.float32).repeat_interleave(HOP, dim=-1)
-        wav = 0.3 * torch.sin(2 * math.pi * pitch * t) * voiced
+        n = torch.arange(HOP, dtype=torch.float32, device=codes.device) / self.sampling_rate
+        pitch = 110.0 + (codes[:, 0, :].to(torch.float32) % 128) * 2.0  # [batch, frames]
+        wav = 0.3 * torch.sin(2 * math.pi * pitch.unsqueeze(-1) * n)  # [batch, frames, HOP]
         return wav.reshape(batch, 1, frames * HOP).float()
