@@ -104,7 +104,9 @@ def build_model(size: str = "small", device: str = "cpu", seed: int = 0) -> Any:
     zonos_config, dac_config = CONFIGS[size]
     torch.manual_seed(seed)
     dac = DacModel(DacConfig(**dac_config))
-    with mock.patch.object(DacModel, "from_pretrained", lambda *args, **kwargs: dac):
+    # Parameters are created (and randomly initialised) on the target device: at full size (1.5 B
+    # parameters) that is seconds on a GPU instead of a minute on the host's CPU.
+    with mock.patch.object(DacModel, "from_pretrained", lambda *args, **kwargs: dac), torch.device(device):
         model = Zonos(ZonosConfig.from_dict(zonos_config), BACKBONES["torch"]).to(device, torch.bfloat16)
     model.autoencoder.dac.to(device)
     model.load_state_dict(model.state_dict())  # as from_local does: runs the vocabulary-padding hook
@@ -132,3 +134,15 @@ def speaker_model(device: str = "cpu", width: int = 8, seed: int = 0) -> Any:
     lda.model = embedder
     lda.lda = nn.Linear(256, 128, bias=True, dtype=torch.float32)
     return lda.to(device).requires_grad_(False).eval()
+
+
+def small_engine(**engine_kwargs: Any) -> Any:
+    """A `ZonosEngine` (CPU) on the small random-weight model: the engine factory for Serve tests.
+
+    Module-level so that `functools.partial(small_engine, ...)` pickles by reference to a replica.
+    """
+    from serve_app.engines.zonos import ZonosEngine
+
+    options: dict[str, Any] = {"device": "cpu", "model_factory": build_model, "stop_at_eos": False}
+    options.update(engine_kwargs)
+    return ZonosEngine(**options)

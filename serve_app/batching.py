@@ -317,6 +317,17 @@ class Batcher(Generic[R]):
             if not row.cancelled:
                 row.fail(EngineUnavailable(f"{self.name} ended the batch without finishing this request"))
 
+    async def close(self) -> None:
+        """Stop forming batches (replica shutdown, benchmarks): queued callers get EngineUnavailable."""
+        for row in list(self._pending):
+            row.fail(EngineUnavailable(f"{self.name} is shutting down"))
+        self._pending.clear()
+        if self._dispatcher is not None and not self._dispatcher.done():
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+        self._dispatcher = None
+
     def run_now(self, requests: list[R]) -> list[bytes | BaseException]:
         """Run one batch synchronously in this thread, collecting each row's audio (warm-up, benchmarks).
 

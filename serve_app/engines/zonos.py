@@ -236,11 +236,13 @@ def generate_batch(
     rows: list[Row[ZonosRequest]],
     budgets: list[int],
     config: GenerationConfig,
+    decode_step: Callable[..., Any] | None = None,
 ) -> None:
     """Speak `rows` (one cond dict and token budget each) with one batched generation; stream each row.
 
     Runs under `torch.inference_mode()` in the caller's thread; ends every row it is given (finish
-    when its audio is out, or nothing if its caller left).
+    when its audio is out, or nothing if its caller left). `decode_step` replaces the model's
+    `_decode_one_token` (a `torch.compile`d version of it).
     """
     import torch
     from zonos.codebook_pattern import apply_delay_pattern
@@ -260,6 +262,7 @@ def generate_batch(
     delayed = apply_delay_pattern(codes, masked)
     sampling = dict(config.sampling_params)
     cudagraphs = bool(model.can_use_cudagraphs())
+    step = decode_step or model._decode_one_token
 
     # Prefill: the prefix and the first (all-masked) frame for all 2n rows.
     first = delayed[..., :1]
@@ -285,7 +288,7 @@ def generate_batch(
             if not live:
                 break
         offset += 1
-        logits = model._decode_one_token(delayed[..., offset - 1 : offset], params, cfg, allow_cudagraphs=cudagraphs)
+        logits = step(delayed[..., offset - 1 : offset], params, cfg, allow_cudagraphs=cudagraphs)
         logits += bias
         token = sample_from_logits(logits, generated_tokens=delayed[..., :offset], **sampling)
         for i, (r, ended) in enumerate(zip(live, (token[:, 0, 0] == eos).tolist(), strict=True)):
@@ -389,10 +392,13 @@ class ZonosEngine(Engine):
         max_new_frames: int | None = None,
         stop_at_eos: bool = True,
         warmup_on_start: bool = True,
+        compile_decoder: bool = False,
     ) -> None:
         """`model` (built) or `model_factory` (called by `load()`) replace `Zonos.from_pretrained`
         (tests, benchmarks with random weights); the `stream_*` arguments set the chunk schedule
-        (`serve_app.stream_decode`); `max_new_frames`/`stop_at_eos=False` fix every row's length."""
+        (`serve_app.stream_decode`); `max_new_frames`/`stop_at_eos=False` fix every row's length;
+        `compile_decoder` runs the decoding step through `torch.compile` as upstream `generate` does
+        (worth it on a GPU with the transformer backbone; the first batches of each size compile)."""
         self.catalogue = catalogue or Catalogue({self.name: VOICES})
         self.model_name = model_name
         self.device = device
@@ -402,6 +408,8 @@ class ZonosEngine(Engine):
         self.voice_store = VoiceStore(voices_dir)
         self.voice_cache_size = voice_cache_size
         self.warmup_on_start = warmup_on_start
+        self.compile_decoder = compile_decoder
+        self._decode_step: Callable[..., Any] | None = None
         self.generation = GenerationConfig(
             cfg_scale=cfg_scale,
             sampling_params=dict(sampling_params) if sampling_params is not None else {"min_p": 0.1},
@@ -493,6 +501,10 @@ class ZonosEngine(Engine):
 
                     self._model = Zonos.from_pretrained(self.model_name, device=self.device)
                 self._model.requires_grad_(False).eval()
+                if self.compile_decoder and not self._model.can_use_cudagraphs():  # mamba: CUDA graphs instead
+                    import torch
+
+                    self._decode_step = torch.compile(self._model._decode_one_token, dynamic=True)
                 self._languages = list(supported_language_codes)
                 if match_language(self.language, self._languages) is None:
                     raise ValueError(f"ZONOS_LANGUAGE={self.language} is not a language Zonos speaks")
@@ -567,7 +579,7 @@ class ZonosEngine(Engine):
                     return
                 if self.seed is not None:
                     torch.manual_seed(self.seed)
-                generate_batch(self._model, cond_dicts, ready, budgets, self.generation)
+                generate_batch(self._model, cond_dicts, ready, budgets, self.generation, self._decode_step)
         except Exception as exc:
             error = self._as_engine_error(exc)
             for row in rows:

@@ -1,0 +1,105 @@
+"""The batching host in a real Serve application, with the real Zonos library (small random model, CPU).
+
+`BatchingEngineHost` is deployed with an engine factory (`bench.zonos_random.small_engine`: the
+upstream `Zonos` class at a small size with random weights, built inside the replica), and called
+through a Serve handle the way the router calls engines: streaming `synthesize`, `check`, `info`,
+`check_health`. The replica loads and warms up before it serves; concurrent requests share a
+batch; every stream starts with the admission marker; a caller that cancels frees its row; bad
+input comes back as the typed `InvalidInput`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from serve_app.engines.base import InvalidInput
+from serve_app.engines.zonos import ZonosRequest, token_budget
+from tests.unit.test_zonos_real import _real_zonos_importable
+
+pytestmark = pytest.mark.integration
+
+APP = "zonos-real-small"
+FRAME_BYTES = 512 * 2
+
+
+@pytest.fixture(scope="module")
+def host(serve_port: int) -> Iterator[Any]:
+    import os
+
+    problem = _real_zonos_importable()
+    if problem is not None:
+        message = f"the real zonos package is not importable ({problem}); run `make install-zonos`"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from ray import serve
+
+    from bench.zonos_random import small_engine
+    from serve_app.batching_host import BatchingEngineDeployment
+
+    factory = functools.partial(small_engine, max_batch_size=4, batch_wait_s=0.3)
+    app = BatchingEngineDeployment.options(name="ZonosSmall", ray_actor_options={"num_cpus": 0.1}).bind(factory)
+    handle = serve.run(app, name=APP, route_prefix=None, blocking=False)
+    try:
+        yield handle
+    finally:
+        serve.delete(APP)
+
+
+async def speak(host: Any, text: str, **kwargs: Any) -> list[bytes]:
+    args = {"voice": "alloy", "language": None, "speed": 1.0, **kwargs}
+    stream = host.options(stream=True).synthesize.remote(text, args["voice"], args["language"], args["speed"])
+    return [chunk async for chunk in stream]
+
+
+async def check(host: Any) -> dict[str, Any]:
+    result: dict[str, Any] = await host.check.remote()
+    return result
+
+
+async def test_replica_loads_and_warms_up_before_serving(host: Any) -> None:
+    status = await check(host)
+    assert status["available"], status
+    assert status["details"]["loaded"] and status["details"]["batching"]["batches"] >= 1  # the warm-up ran
+    info = await host.info.remote()
+    assert info["name"] == "zonos" and info["sample_rate"] == 44_100
+    await host.check_health.remote()
+
+
+async def test_concurrent_requests_share_a_batch_and_each_streams(host: Any) -> None:
+    texts = [f"Caller {i}." + " Yes." * i for i in range(4)]
+    results = await asyncio.gather(*(speak(host, text) for text in texts))
+    for text, chunks in zip(texts, results, strict=True):
+        assert chunks[0] == b""  # admission marker first, for the router's first-byte timer
+        assert len([c for c in chunks if c]) > 1  # streamed in chunks
+        # Each row exactly its own length (its text's budget; random weights rarely end by EOS).
+        assert len(b"".join(chunks)) == token_budget(ZonosRequest(text, "en-us", "default")) * FRAME_BYTES
+    assert (await check(host))["details"]["batching"]["largest"] == 4
+
+
+async def test_a_cancelled_call_frees_its_row(host: Any) -> None:
+    before = (await check(host))["details"]["batching"]["cancelled"]
+    text = "A long answer that the caller walks away from."
+    stream = host.options(stream=True).synthesize.remote(text, "alloy", None, 0.25)  # ~18 s of audio
+    assert await stream.__anext__() == b""
+    assert await stream.__anext__()  # audio flows
+    stream.cancel()
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        details = (await check(host))["details"]["batching"]
+        if details["cancelled"] == before + 1 and details["running"] == 0:
+            break
+        assert asyncio.get_running_loop().time() < deadline, details
+        await asyncio.sleep(0.05)
+
+
+async def test_bad_input_is_a_typed_invalid_input(host: Any) -> None:
+    with pytest.raises(Exception) as caught:
+        await speak(host, "   ")
+    error = getattr(caught.value, "cause", caught.value)
+    assert isinstance(error, InvalidInput) and error.status == 400
