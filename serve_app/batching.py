@@ -196,6 +196,7 @@ class Batcher(Generic[R]):
         self._dispatcher: asyncio.Task[None] | None = None
         self._changed: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # running batches (the loop keeps only weak references)
 
     # --- callers ------------------------------------------------------------------------------
 
@@ -292,7 +293,9 @@ class Batcher(Generic[R]):
                 row.admit()
                 self._running.add(row)
             self.stats.record(len(rows))
-            loop.create_task(self._run(rows))
+            task = loop.create_task(self._run(rows))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _run(self, rows: list[Row[R]]) -> None:
         assert self._slots is not None

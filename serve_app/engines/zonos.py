@@ -224,6 +224,7 @@ class GenerationConfig:
     streaming: bool = True
     max_new_frames: int | None = None  # fixed budget for every row (benchmarks), else per text
     stop_at_eos: bool = True  # False: EOS is never sampled, rows run to their budget (benchmarks)
+    cuda_graphs: bool = True  # upstream's CUDA graphs (mamba backbone); one graph per model, so one batch at a time
 
     def window(self) -> StreamWindow:
         first = self.stream_first_frames if self.streaming else 1 << 30  # one-shot: everything at the end
@@ -261,7 +262,7 @@ def generate_batch(
         codes[i, :, budget:] = masked  # past its budget a row has nothing to generate
     delayed = apply_delay_pattern(codes, masked)
     sampling = dict(config.sampling_params)
-    cudagraphs = bool(model.can_use_cudagraphs())
+    cudagraphs = bool(model.can_use_cudagraphs()) and config.cuda_graphs
     step = decode_step or model._decode_one_token
 
     # Prefill: the prefix and the first (all-masked) frame for all 2n rows.
@@ -420,6 +421,7 @@ class ZonosEngine(Engine):
             streaming=streaming,
             max_new_frames=max_new_frames,
             stop_at_eos=stop_at_eos,
+            cuda_graphs=max_concurrent_batches == 1,
         )
         self.generation.window()  # validates the chunk schedule now, not at the first request
         self.batcher: Batcher[ZonosRequest] = Batcher(
@@ -624,7 +626,7 @@ class ZonosEngine(Engine):
         if isinstance(exc, InvalidInput | EngineUnavailable):
             return exc
         if isinstance(exc, RuntimeError | ValueError | AssertionError) and not is_fatal_cuda_error(exc):
-            return InvalidInput(f"zonos cannot speak this request: {type(exc).__name__}: {str(exc)[:160]}")
+            return InvalidInput(f"zonos cannot speak this request: {type(exc).__name__}: {str(exc)[:80]}")
         return self._as_engine_error(exc)
 
     def _as_engine_error(self, exc: BaseException) -> Exception:

@@ -6,6 +6,8 @@ backbone, heads, sampling, delay pattern and DAC decoder; only the weights are r
 With random weights a row rarely samples EOS, so most rows end at their token budget; the tests
 about EOS use a copy whose EOS logit is made likely (`eos_prone_model`).
 
+`ZONOS_TEST_DEVICE=cuda` runs them on a GPU (default: cpu).
+
 These tests must run in CI: when `zonos` is not importable there, they fail (with how to install
 it: `make install-zonos`) instead of skipping.
 
@@ -43,6 +45,7 @@ from serve_app.stream_decode import seam_error
 from serve_app.voice_store import VoiceStore
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
+DEVICE = os.environ.get("ZONOS_TEST_DEVICE", "cpu")
 HOP = 512
 FRAME_BYTES = HOP * 2
 
@@ -84,8 +87,8 @@ def real_zonos() -> Iterator[None]:
 def model(real_zonos: None) -> Any:
     from bench.zonos_random import build_model, speaker_model
 
-    built = build_model("small", seed=0)
-    built.spk_clone_model = speaker_model()  # upstream's speaker network at a small width
+    built = build_model("small", device=DEVICE, seed=0)
+    built.spk_clone_model = speaker_model(DEVICE)  # upstream's speaker network at a small width
     return built
 
 
@@ -96,10 +99,10 @@ def eos_prone_model(real_zonos: None) -> Any:
 
     from bench.zonos_random import build_model
 
-    built = build_model("small", seed=0)
+    built = build_model("small", device=DEVICE, seed=0)
     head = built.heads[0].weight
     generator = torch.Generator().manual_seed(1)
-    direction = torch.randn(head.shape[1], generator=generator)
+    direction = torch.randn(head.shape[1], generator=generator).to(DEVICE)
     head.data[built.eos_token_id] = (direction * head.float().std() * 3.0).to(head.dtype)
     return built
 
@@ -107,7 +110,7 @@ def eos_prone_model(real_zonos: None) -> Any:
 def make_engine(model: Any, tmp_path: Path, **kwargs: Any) -> ZonosEngine:
     options: dict[str, Any] = {"max_new_frames": 48, "batch_wait_s": 0.5, "seed": 7, "stop_at_eos": False}
     options.update(kwargs)
-    engine = ZonosEngine(device="cpu", voices_dir=str(tmp_path / "voices"), model=model, **options)
+    engine = ZonosEngine(device=DEVICE, voices_dir=str(tmp_path / "voices"), model=model, **options)
     engine.load()
     assert engine.loaded, engine._problem
     return engine
@@ -215,11 +218,11 @@ def test_speaker_and_no_speaker_rows_condition_as_they_would_alone(model: Any) -
     import torch
     from zonos.conditioning import make_cond_dict
 
-    speaker = model.make_speaker_embedding(torch.randn(1, 32000) * 0.3, 16000)
+    speaker = model.make_speaker_embedding(torch.randn(1, 32000, device=DEVICE) * 0.3, 16000)
     assert tuple(speaker.shape) == (1, 1, 128) and speaker.dtype == torch.bfloat16
     text = "The same words for every row."
     dicts = [
-        make_cond_dict(text=text, language="en-us", speaker=s, speaking_rate=r, device="cpu")
+        make_cond_dict(text=text, language="en-us", speaker=s, speaking_rate=r, device=DEVICE)
         for s, r in [(None, 15.0), (speaker, 20.0), (None, 10.0)]
     ]
     with torch.inference_mode():
@@ -236,10 +239,10 @@ def test_batched_prefill_under_guidance_equals_each_request_alone(model: Any) ->
     from zonos.conditioning import make_cond_dict
 
     dicts = [
-        make_cond_dict(text="Equal lengths here.", language="en-us", speaking_rate=r, device="cpu")
+        make_cond_dict(text="Equal lengths here.", language="en-us", speaking_rate=r, device=DEVICE)
         for r in (10, 15, 25)
     ]
-    first = torch.full((3, 9, 1), model.masked_token_id)
+    first = torch.full((3, 9, 1), model.masked_token_id, device=DEVICE)
     with torch.inference_mode():
         prefix = batch_conditioning(model, dicts)
         params = model.setup_cache(batch_size=6, max_seqlen=prefix.shape[1] + 16)
@@ -264,7 +267,7 @@ def test_one_request_gives_upstream_generates_codes(eos_prone_model: Any, seed: 
     from zonos.conditioning import make_cond_dict
 
     model = eos_prone_model
-    cond = make_cond_dict(text="Hello there, this is a test of the small model.", language="en-us", device="cpu")
+    cond = make_cond_dict(text="Hello there, this is a test of the small model.", language="en-us", device=DEVICE)
     torch.manual_seed(seed)
     with torch.inference_mode():
         upstream = model.generate(
@@ -289,7 +292,7 @@ def test_one_request_at_its_budget_matches_upstream_except_upstreams_last_frames
     import torch
     from zonos.conditioning import make_cond_dict
 
-    cond = make_cond_dict(text="Budget bound.", language="en-us", device="cpu")
+    cond = make_cond_dict(text="Budget bound.", language="en-us", device=DEVICE)
     torch.manual_seed(11)
     with torch.inference_mode():
         upstream = model.generate(
@@ -342,7 +345,7 @@ def test_streaming_inside_a_batch_each_row_its_own_stream(model: Any) -> None:
     from zonos.conditioning import make_cond_dict
 
     requests = [ZonosRequest(f"Row {i} streams.", "en-us", "default") for i in range(3)]
-    conds = [make_cond_dict(text=r.text, language="en-us", device="cpu") for r in requests]
+    conds = [make_cond_dict(text=r.text, language="en-us", device=DEVICE) for r in requests]
     rows, outputs = rows_for(requests)
     with torch.inference_mode():
         config = GenerationConfig(stream_first_frames=4, stream_chunk_frames=16, stop_at_eos=False)
@@ -490,8 +493,8 @@ def _same_calls(model: Any) -> dict[str, tuple[str, Any]]:
     from zonos.sampling import sample_from_logits
 
     speaker = model.make_speaker_embedding(torch.sin(torch.arange(32000) / 9.0).unsqueeze(0) * 0.3, 16000)
-    one = make_cond_dict(text="One request.", language="en-us", speaker=speaker, device="cpu")
-    plain = make_cond_dict(text="No speaker here.", language="fr-fr", speaking_rate=20.0, device="cpu")
+    one = make_cond_dict(text="One request.", language="en-us", speaker=speaker, device=DEVICE)
+    plain = make_cond_dict(text="No speaker here.", language="fr-fr", speaking_rate=20.0, device=DEVICE)
     stacked = {k: (torch.cat([v, v]) if isinstance(v, torch.Tensor) else v) for k, v in plain.items()}
     stacked["espeak"] = (["a", "b"], ["en-us", "en-us"])
     n = 3
@@ -536,6 +539,7 @@ def _same_calls(model: Any) -> dict[str, tuple[str, Any]]:
     return outcome
 
 
+@pytest.mark.skipif(DEVICE != "cpu", reason="an API check, independent of the device; the double runs on CPU")
 def test_the_double_accepts_exactly_what_the_real_library_accepts(model: Any) -> None:
     import torch
 
@@ -544,7 +548,7 @@ def test_the_double_accepts_exactly_what_the_real_library_accepts(model: Any) ->
     with zonos_double(), torch.inference_mode():
         from zonos.model import Zonos
 
-        double = _same_calls(Zonos.from_pretrained("Zyphra/Zonos-v0.1-transformer", device="cpu"))
+        double = _same_calls(Zonos.from_pretrained("Zyphra/Zonos-v0.1-transformer", device=DEVICE))
     assert double == real
     # And what that means: the stacked shape the old double took is refused by both.
     assert real["prepare_stacked"] == ("raises", "TypeError")
