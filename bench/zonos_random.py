@@ -29,6 +29,7 @@ transformer, which upstream's pure-torch backbone runs. The codec is DAC 44 kHz
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 from unittest import mock
 
@@ -143,6 +144,7 @@ def small_engine(**engine_kwargs: Any) -> Any:
     """
     from serve_app.engines.zonos import ZonosEngine
 
-    options: dict[str, Any] = {"device": "cpu", "model_factory": build_model, "stop_at_eos": False}
+    options: dict[str, Any] = {"device": "cpu", "stop_at_eos": False}
     options.update(engine_kwargs)
+    options.setdefault("model_factory", functools.partial(build_model, "small", options["device"]))
     return ZonosEngine(**options)
