@@ -105,7 +105,7 @@ def build_model(size: str = "small", device: str = "cpu", seed: int = 0) -> Any:
     zonos_config, dac_config = CONFIGS[size]
     torch.manual_seed(seed)
     dac = DacModel(DacConfig(**dac_config))
-    # Parameters are created (and randomly initialised) on the target device: at full size (1.5 B
+    # Parameters are created (and randomly initialised) on the target device: at full size (1.6 B
     # parameters) that is seconds on a GPU instead of a minute on the host's CPU.
     with mock.patch.object(DacModel, "from_pretrained", lambda *args, **kwargs: dac), torch.device(device):
         model = Zonos(ZonosConfig.from_dict(zonos_config), BACKBONES["torch"]).to(device, torch.bfloat16)

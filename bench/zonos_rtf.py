@@ -4,7 +4,7 @@
     python -m bench.zonos_rtf --device cuda --config full --compile   # a GPU: Zonos-v0.1-transformer size
 
 The model is upstream's `Zonos` class with random weights (`bench.zonos_random`; "full" is the
-Zonos-v0.1-transformer architecture, 1.5 B parameters, and the DAC 44 kHz codec). Generation
+Zonos-v0.1-transformer architecture, 1.6 B parameters, and the DAC 44 kHz codec). Generation
 speed does not depend on the weights' values once the length is fixed, so every row speaks
 exactly `--frames` frames (EOS is never sampled): by default 516 frames, 6 s of audio, about what a
 voice reads a 100-character sentence in. Requests go through the real serving path:

@@ -257,22 +257,25 @@ class Batcher(Generic[R]):
     # --- batch forming ----------------------------------------------------------------------
 
     def _ensure_dispatcher(self) -> None:
+        """A dispatcher runs while requests are queued; the next request starts a new one.
+
+        (An idle dispatcher parked on an event would be garbage with its batcher, and asyncio
+        complains about destroying a pending task.)
+        """
         loop = asyncio.get_running_loop()
-        if self._dispatcher is not None and self._loop is loop and not self._dispatcher.done():
-            return
-        self._loop = loop
-        self._changed = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.max_concurrent_batches)
-        self._pending = deque(row for row in self._pending if not row.cancelled)
-        self._dispatcher = loop.create_task(self._dispatch(), name=f"{self.name}-batcher")
+        if self._loop is not loop:  # first use, or a new event loop (tests): fresh loop-bound primitives
+            self._loop = loop
+            self._changed = asyncio.Event()
+            self._slots = asyncio.Semaphore(self.max_concurrent_batches)
+            self._pending = deque(row for row in self._pending if not row.cancelled)
+            self._dispatcher = None
+        if self._dispatcher is None or self._dispatcher.done():
+            self._dispatcher = loop.create_task(self._dispatch(), name=f"{self.name}-batcher")
 
     async def _dispatch(self) -> None:
         assert self._changed is not None and self._slots is not None
         loop = asyncio.get_running_loop()
-        while True:
-            while not self.queued:
-                self._changed.clear()
-                await self._changed.wait()
+        while self.queued:
             await self._slots.acquire()
             deadline = loop.time() + self.wait_s
             while self.queued < self.max_batch_size and (left := deadline - loop.time()) > 0:
