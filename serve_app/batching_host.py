@@ -4,9 +4,11 @@
 `check`, `check_health`), so the router reaches it the same way, and adds what a batching
 engine needs from its replica:
 
-- The engine is built by a zero-argument callable passed in (picklable: Serve ships it to the
-  replica), then `load()` and `warmup()` run in the constructor, before Serve routes any request
-  here, so no caller waits for the model to load or for kernels to compile.
+- The engine is built in the replica from what the deployment is bound with: a zero-argument
+  callable (picklable: Serve ships it to the replica; tests and benchmarks pass one that builds a
+  small model) or a registered engine name (built by `serve_app.engines.registry.build_engine`
+  from the settings, as `EngineHost` does). Then `load()` and `warmup()` run in the constructor,
+  before Serve routes any request here, so no caller waits for the model or for kernels to compile.
 - `synthesize` streams the engine's own stream unchanged, including the empty chunk `b""` the
   engine yields when the request joins a batch (the router starts its first-byte timer there)
   and `EngineBusy` when the engine's queue is full (never a strike).
@@ -59,14 +61,20 @@ class BatchingEngine(Protocol):
 class BatchingEngineHost:
     """Hosts one batching engine in a replica (see the module docstring)."""
 
-    def __init__(self, engine_factory: Callable[[], Any]) -> None:
+    def __init__(self, engine_factory: Callable[[], Any] | str) -> None:
         try:
             from config.logging import configure_from_settings
 
             configure_from_settings()
         except Exception as exc:  # logging setup must never keep a replica from starting
             logger.warning("logging not configured from settings: %s", exc)
-        engine = engine_factory()
+        if isinstance(engine_factory, str):
+            from config.settings import get_settings
+            from serve_app.engines.registry import build_engine
+
+            engine = build_engine(engine_factory, get_settings())
+        else:
+            engine = engine_factory()
         if not isinstance(engine, BatchingEngine):
             raise TypeError(f"{type(engine).__name__} does not implement the batching engine contract")
         self.engine: BatchingEngine = engine
@@ -99,7 +107,7 @@ class BatchingEngineHost:
                 raise EngineUnavailable(problem)
 
 
-BatchingEngineDeployment = serve.deployment(
+BatchingDeployment = BatchingEngineDeployment = serve.deployment(
     BatchingEngineHost,
     name="BatchingEngineHost",
     max_ongoing_requests=48,

@@ -308,3 +308,18 @@ def test_warmup_speaks_one_sentence_and_can_be_turned_off(tmp_path: Path, zonos_
     quiet.load()
     quiet.warmup()
     assert quiet.batcher.stats.batches == 0
+
+
+async def test_batching_host_loads_warms_up_and_streams(tmp_path: Path, zonos_double: None) -> None:
+    from serve_app.batching_host import BatchingEngineHost
+
+    host = BatchingEngineHost(lambda: engine(tmp_path))
+    status = await host.check()
+    assert status["available"] and status["details"]["loaded"]
+    assert status["details"]["batching"]["batches"] == 1  # the warm-up ran before any request
+    assert host.info()["sample_rate"] == SAMPLE_RATE and host.info()["voices"][0]["id"] == "default"
+    chunks = [c async for c in host.synthesize("Hosted and batched.", "alloy", None, 1.0)]
+    assert chunks[0] == b"" and rms_level(b"".join(chunks)) > 1000
+    await host.check_health()
+    with pytest.raises(TypeError, match="batching engine contract"):
+        BatchingEngineHost(lambda: object())
