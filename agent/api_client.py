@@ -128,7 +128,7 @@ class AgentApiClient:
         return result
 
     async def heartbeat(self, session_id: str) -> bool:
-        """One attempt (the next heartbeat is the retry); True when the server acknowledged."""
+        """One attempt (the next heartbeat is the retry); True when the server confirmed it."""
         try:
             await self._send("POST", f"/v1/sessions/{session_id}/heartbeat")
         except (_Retryable, _Rejected) as exc:

@@ -1,6 +1,6 @@
 """ServeTTS: a livekit-agents `tts.TTS` plugin that speaks through this project's Serve app.
 
-Two transports reach the same fallback chain (Zonos -> Edge -> Flite):
+Two transports reach the same fallback chain (TTS_ENGINE_CHAIN):
 
 - `handle`: inside the Ray cluster (an agent actor, or any driver connected to it) the plugin
   builds its own in-process `FallbackRouter` over the engines' `DeploymentHandle`s, exactly like
@@ -49,13 +49,6 @@ SAMPLE_RATE = 24000
 NUM_CHANNELS = 1
 PROVIDER = "voice-tts-serve"
 # Deployment names each engine may have in the Serve app (serve_app/app.py names them).
-ENGINE_DEPLOYMENTS: dict[str, tuple[str, ...]] = {
-    "zonos": ("ZonosEngine", "ZonosDeployment"),
-    "edge": ("EdgeEngine",),
-    "flite": ("FliteEngine",),
-}
-
-
 @dataclass
 class ServeTTSOptions:
     """Everything one synthesis request needs; `session_id` lets the server attribute usage."""
@@ -160,25 +153,25 @@ class RouterSpeechSource:
         """Compose the router like the ingress does, over the running app's engine deployments."""
         from ray import serve
 
-        from serve_app.ingress import build_clients
-        from serve_app.router import FallbackRouter, RouterConfig
+        from serve_app.engines import registry
+        from serve_app.router import compose_router_from_handles
 
         deployed = set(serve.status().applications[app_name].deployments)
         handles: dict[str, Any] = {}
         unavailable: dict[str, str] = {}
         for engine in settings.tts_engine_chain:
-            name = next((d for d in ENGINE_DEPLOYMENTS.get(engine, ()) if d in deployed), None)
-            if name is None:
+            name = registry.spec(engine).deployment_name
+            if name not in deployed:
                 unavailable[engine] = f"not deployed in Serve app '{app_name}'"
             else:
                 handles[engine] = serve.get_deployment_handle(name, app_name=app_name)
         if not handles:
             raise RuntimeError(f"Serve app '{app_name}' has no engine deployments")
-        return cls(FallbackRouter(build_clients(handles, unavailable), RouterConfig.from_settings(settings)))
+        return cls(compose_router_from_handles(settings, handles, unavailable))
 
     async def pcm(self, text: str, opts: ServeTTSOptions, timeout_s: float) -> AsyncIterator[bytes]:
-        from serve_app.engines.base import InvalidInput
-        from serve_app.router import AllEnginesFailed, SpeechRequest
+        from serve_app.core.errors import AllEnginesFailed, InvalidInput
+        from serve_app.router import SpeechRequest
 
         request = SpeechRequest(
             text=text, voice=opts.voice, language=opts.language, speed=opts.speed,
@@ -214,9 +207,9 @@ def _serve_app_running(app_name: str) -> bool:
         from ray import serve
 
         app = serve.status().applications.get(app_name)
-        return app is not None and any(
-            name in app.deployments for names in ENGINE_DEPLOYMENTS.values() for name in names
-        )
+        from serve_app.engines import registry
+
+        return app is not None and any(s.deployment_name in app.deployments for s in registry.specs().values())
     except Exception:  # no Serve controller, no cluster: not inside
         return False
 

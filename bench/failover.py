@@ -30,10 +30,10 @@ import sys
 import time
 
 from config.settings import get_settings
-from serve_app.breaker import BreakerState
-from serve_app.engine_client import LocalEngineClient
+from serve_app.core.breaker import BreakerState
 from serve_app.engines.registry import build_engine
 from serve_app.router import FallbackRouter, RouterConfig, SpeechRequest
+from serve_app.router.clients import LocalEngineClient
 from tests.fakes.faulty import FaultPlan, FaultyEngine, LocalControl
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank."

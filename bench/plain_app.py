@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from serve_app.audio import StreamResampler
+from serve_app.core.audio import StreamResampler
 from serve_app.engines.flite import FliteEngine
 
 app = FastAPI()

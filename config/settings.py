@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -42,18 +42,29 @@ def _split_csv(value: Any) -> Any:
 
 
 CsvList = Annotated[list[str], NoDecode]
+S = TypeVar("S", bound=BaseSettings)
 
 
-class Settings(BaseSettings):
-    """All settings of the project. Field names map to upper-case environment variables."""
-
-    model_config = SettingsConfigDict(
+def settings_config(env_prefix: str = "") -> SettingsConfigDict:
+    """The one way every settings class here reads the environment (and `.env`, or ENV_FILE)."""
+    return SettingsConfigDict(
+        env_prefix=env_prefix,
         env_file=os.environ.get("ENV_FILE", ".env"),
         env_file_encoding="utf-8",
         extra="ignore",
         case_sensitive=False,
         env_ignore_empty=True,
     )
+
+
+class Settings(BaseSettings):
+    """Settings of the service. Field names map to upper-case environment variables.
+
+    Engines add their own classes (prefix `<ENGINE>_`) next to their code; see
+    `serve_app.engines.spec.EngineSettings`.
+    """
+
+    model_config = settings_config()
 
     # --- general -------------------------------------------------------------------------
     env: Environment = Environment.DEVELOPMENT
@@ -70,7 +81,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1_048_576, ge=1024)
 
     # --- engines and the fallback chain ---------------------------------------------------
-    tts_engine_chain: CsvList = Field(default_factory=lambda: ["zonos", "edge", "flite"])
+    # The default chain: the only place besides each engine's own module that names engines.
+    tts_engine_chain: CsvList = Field(default_factory=lambda: ["zonos", "edge", "piper", "flite"])
     tts_max_strikes: int = Field(3, ge=1, le=100)
     tts_breaker_cooldown_s: float = Field(5.0, gt=0)
     tts_breaker_max_cooldown_s: float = Field(120.0, gt=0)
@@ -80,46 +92,9 @@ class Settings(BaseSettings):
     tts_engine_concurrency: int = Field(64, ge=1)
     tts_sentence_max_chars: int = Field(250, ge=20, le=2000)
     tts_lookahead_sentences: int = Field(2, ge=0, le=16)
-    # Per-engine overrides of the three budgets above (empty = use the TTS_* value).
-    zonos_ttfb_timeout_s: float | None = Field(None, gt=0)
-    zonos_stall_timeout_s: float | None = Field(None, gt=0)
-    zonos_concurrency: int | None = Field(None, ge=1)
-    edge_ttfb_timeout_s: float | None = Field(None, gt=0)
-    edge_stall_timeout_s: float | None = Field(None, gt=0)
-    edge_concurrency: int | None = Field(None, ge=1)
-    flite_ttfb_timeout_s: float | None = Field(None, gt=0)
-    flite_stall_timeout_s: float | None = Field(None, gt=0)
-    flite_concurrency: int | None = Field(None, ge=1)
-
-    # Zonos (primary, GPU)
-    zonos_enabled: bool = True
-    zonos_model: str = "Zyphra/Zonos-v0.1-hybrid"
-    zonos_device: str = "cuda"
-    zonos_language: str = "en-us"
-    zonos_speaker_audio: str | None = None
-    zonos_num_gpus: float = Field(1.0, ge=0)
-    zonos_max_batch_size: int = Field(8, ge=1, le=64)
-    zonos_batch_wait_timeout_s: float = Field(0.02, ge=0)
-    zonos_voices_dir: str = "./data/voices"
-    zonos_seed: int | None = None
-    zonos_warmup: bool = True
-    zonos_voice_cache_size: int = Field(64, ge=1, le=4096)
-    zonos_voices_max: int = Field(1000, ge=1)
-
-    # Edge TTS (first fallback, CPU + network)
-    edge_enabled: bool = True
-    edge_default_voice: str = "en-US-AriaNeural"
-    edge_connect_timeout_s: float = Field(5.0, gt=0)
-    edge_receive_timeout_s: float = Field(10.0, gt=0)
-    edge_proxy: str | None = None
-    edge_wss_url: str | None = Field(None, pattern=r"^wss?://")
-    edge_check_ttl_s: float = Field(30.0, ge=0)
-
-    # Flite (last resort, CPU, offline)
-    flite_enabled: bool = True
-    flite_binary: str = "flite"
-    flite_default_voice: str = "slt"
-    flite_backend: str = Field("auto", pattern="^(auto|library|binary)$")
+    # Registered voice clones (reference clips), read by engines that clone.
+    voices_dir: str = "./data/voices"
+    voices_max: int = Field(1000, ge=1)
 
     # --- database ------------------------------------------------------------------------
     database_url: str = "sqlite+aiosqlite:///./data/sessions.db"
@@ -178,12 +153,9 @@ class Settings(BaseSettings):
 
     @field_validator("tts_engine_chain")
     @classmethod
-    def _known_engines(cls, value: list[str]) -> list[str]:
-        known = {"zonos", "edge", "flite"}
+    def _chain(cls, value: list[str]) -> list[str]:
+        """Shape only; which names exist is the engine registry's business (checked at build time)."""
         names = [v.lower() for v in value]
-        unknown = [v for v in names if v not in known]
-        if unknown:
-            raise ValueError(f"unknown engine(s) {unknown}; choose from {sorted(known)}")
         if not names:
             raise ValueError("at least one engine is required")
         if len(set(names)) != len(names):
@@ -222,21 +194,27 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
 
-def format_validation_error(error: ValidationError) -> str:
-    """One line per bad variable, named as the operator writes it (upper case)."""
+def format_validation_error(error: ValidationError, env_prefix: str = "") -> str:
+    """One line per bad variable, named as the operator writes it (upper case, with its prefix)."""
     lines = []
     for item in error.errors():
-        name = ".".join(str(p) for p in item["loc"]).upper() or "SETTINGS"
+        name = (env_prefix + "_".join(str(p) for p in item["loc"])).upper() or "SETTINGS"
         lines.append(f"invalid setting {name}: {item['msg']}")
     return "\n".join(lines)
 
 
 def load_settings(**overrides: Any) -> Settings:
     """Build Settings from the environment, raising `SettingsError` with readable lines."""
+    return load_section(Settings, **overrides)
+
+
+def load_section(cls: type[S], **overrides: Any) -> S:
+    """Any settings class from the environment, with `SettingsError` lines naming the variables."""
     try:
-        return Settings(**overrides)
+        return cls(**overrides)
     except ValidationError as exc:
-        raise SettingsError(format_validation_error(exc)) from None
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        raise SettingsError(format_validation_error(exc, prefix)) from None
 
 
 @functools.lru_cache(maxsize=1)

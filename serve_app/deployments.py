@@ -1,20 +1,33 @@
-"""Serve deployments that host one engine each (CPU engines; Zonos adds batching in its module).
+"""The Serve deployment that hosts one engine (resources and replicas live in serve_config.yaml).
 
-One generic class serves every engine: `serve_config.yaml` names them `FliteEngine`, `EdgeEngine`
-and `ZonosEngine` and sets their resources, replicas and autoscaling there, not in code.
+One class serves every engine; `build_app` names it after the engine (`<Name>Engine`).
+
+- The engine is built in the replica from its registered name (or, for tests and benchmarks, a
+  zero-argument picklable factory). An engine with a model to load (`load()`, `warmup()`) gets both
+  in the constructor, before Serve routes any request here, so no caller waits for weights or for
+  kernels to compile.
+- `synthesize` streams the engine's own stream unchanged, including the empty chunk `b""` a
+  batching engine yields when a request joins a batch (the router starts its first-byte timer
+  there) and `EngineBusy` when the engine's queue is full (never a strike). Such engines form
+  their batches themselves (`serve_app.batching`): Serve's `@serve.batch` cannot tell a batch that
+  one caller left, and the engine drops a cancelled row at its next step.
+- `check_health` asks the engine's `health()` when it has one: a fault a restart can fix (a CUDA
+  error) fails it and Serve replaces the replica; a missing package or GPU does not (a restart
+  cannot fix those), the replica stays up and `check()` says why.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ray import serve
 
 from config.logging import configure_from_settings
 from config.settings import get_settings
-from serve_app.engines.base import Engine, EngineUnavailable
+from serve_app.core.errors import EngineUnavailable
+from serve_app.engines.base import Engine
 from serve_app.engines.registry import build_engine
 
 logger = logging.getLogger(__name__)
@@ -23,10 +36,16 @@ logger = logging.getLogger(__name__)
 class EngineHost:
     """Hosts one `Engine` in a replica: streaming synthesis, info, dependency check, health."""
 
-    def __init__(self, engine_name: str) -> None:
+    def __init__(self, engine: str | Callable[[], Engine]) -> None:
         configure_from_settings()
-        self.engine: Engine = build_engine(engine_name, get_settings())
-        logger.info("engine replica started: %s", engine_name)
+        self.engine: Engine = build_engine(engine, get_settings()) if isinstance(engine, str) else engine()
+        if not isinstance(self.engine, Engine):
+            raise TypeError(f"{type(self.engine).__name__} is not an Engine")
+        for step in ("load", "warmup"):
+            prepare = getattr(self.engine, step, None)
+            if callable(prepare):
+                prepare()
+        logger.info("engine replica started: %s", self.engine.name)
 
     async def synthesize(
         self, text: str, voice: str | None, language: str | None, speed: float
@@ -53,4 +72,10 @@ class EngineHost:
                 raise EngineUnavailable(problem)
 
 
-EngineDeployment = serve.deployment(EngineHost, name="EngineHost")
+EngineDeployment = serve.deployment(
+    EngineHost,
+    name="EngineHost",
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+    graceful_shutdown_timeout_s=30,
+)

@@ -10,40 +10,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
+from typing import Any
 
-from serve_app.api.deps import Services
+from serve_app.router import FallbackRouter
 
 logger = logging.getLogger(__name__)
 
 GAUGE_REFRESH_S = 5.0
 
 
-def publish_once(services: Services) -> None:
+def publish_once(router: FallbackRouter | None, database: Any) -> None:
     """Publish every state gauge this replica owns; a failure here never touches requests."""
-    if services.router is not None:
-        services.router.publish_gauges()
-    monitor = getattr(services.database, "monitor", None)
+    if router is not None:
+        router.publish_gauges()
+    monitor = getattr(database, "monitor", None)
     if monitor is not None:
         monitor.publish()
 
 
-async def gauge_refresher(services: Services) -> Callable[[], Awaitable[None]]:
-    """Lifespan hook: start the refresh loop; the returned closer stops it."""
+@contextlib.asynccontextmanager
+async def refreshing(router: FallbackRouter | None, database: Any) -> AsyncIterator[None]:
+    """Re-publish the gauges every GAUGE_REFRESH_S while the app runs."""
 
     async def loop() -> None:
         while True:
             try:
-                publish_once(services)
+                publish_once(router, database)
             except Exception as exc:  # metrics must never break the service
                 logger.debug("gauge refresh failed: %s", exc)
             await asyncio.sleep(GAUGE_REFRESH_S)
 
     task = asyncio.create_task(loop(), name="gauge-refresher")
-
-    async def stop() -> None:
+    try:
+        yield
+    finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-    return stop

@@ -173,7 +173,7 @@ class ShutdownSignals:
 
 def drain(coordinator: Any, timeout_s: float) -> bool:
     """Stop new speech and wait for the requests in flight; True when they all finished in time."""
-    from serve_app.drain import drain_proxies, request_drain, wait_drained
+    from serve_app.drain.launcher import drain_proxies, request_drain, wait_drained
 
     started = time.monotonic()
     request_drain(coordinator)
@@ -205,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         "--dashboard-port", type=int, default=8265, help="Ray dashboard (replicas, logs, metrics); 0 disables it"
     )
     parser.add_argument(
+        "--dashboard-host",
+        default="127.0.0.1",
+        help="where the dashboard listens; it has no authentication and its Jobs API runs commands, "
+        "so it stays on loopback unless you opt in (e.g. behind an authenticating proxy)",
+    )
+    parser.add_argument(
         "--drain-timeout-s", type=float, default=None,
         help="longest wait for requests in flight at shutdown (default: the Ingress graceful_shutdown_timeout_s)",
     )
@@ -213,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from serve_app.drain import get_or_create_coordinator
+    from serve_app.drain.launcher import get_or_create_coordinator
 
     port = args.port or free_port(args.host)
     config = load_config(args.config, port=port, host=args.host)
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         address="local",
         num_cpus=args.num_cpus,
         include_dashboard=args.dashboard_port > 0,
-        dashboard_host=args.host,
+        dashboard_host=args.dashboard_host,
         dashboard_port=args.dashboard_port or None,
     )
     signals.install()

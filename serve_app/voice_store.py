@@ -1,13 +1,13 @@
-"""Registered reference clips for Zonos voice cloning, stored under ZONOS_VOICES_DIR.
+"""Registered reference clips for voice cloning, stored under VOICES_DIR.
 
 An upload is decoded with PyAV (which proves it is audio), bounded by duration, and stored as a
 normalised mono 16-bit WAV next to a small JSON record: `<id>.wav`, `<id>.json`. Storing the
 decoded PCM rather than the uploaded container means a replica never parses user-supplied
 container formats again, and any replica can read a clip with the standard library.
 
-Ids are `clone-<12 hex>` (see `serve_app.voices.CLONE_ID_PATTERN`), generated here and checked on
-every lookup, so an id can never name a path outside the directory. The ingress writes, Zonos
-replicas read: on a multi-node cluster ZONOS_VOICES_DIR must be shared storage (NFS, a mounted
+Ids are `clone-<12 hex>` (see `serve_app.core.voices.CLONE_ID_PATTERN`), generated here and checked on
+every lookup, so an id can never name a path outside the directory. The ingress writes, cloning
+engines read: on a multi-node cluster VOICES_DIR must be shared storage (NFS, a mounted
 bucket); on one node it is just a directory.
 """
 
@@ -28,13 +28,13 @@ import av
 import numpy as np
 
 from config.logging import truncate
-from serve_app.audio import decode_audio, wav_header
-from serve_app.engines.base import InvalidInput
-from serve_app.voices import CLONE_ID_PATTERN, CLONE_PREFIX
+from serve_app.core.audio import decode_audio, wav_header
+from serve_app.core.errors import InvalidInput
+from serve_app.core.voices import CLONE_ID_PATTERN, CLONE_PREFIX
 
 logger = logging.getLogger(__name__)
 
-# Zonos clones well from 10-30 s of clean speech; below a second there is no voice to learn.
+# Cloning works well from 10-30 s of clean speech; below a second there is no voice to learn.
 MIN_SECONDS = 1.0
 MAX_SECONDS = 60.0
 NAME_MAX_CHARS = 64
@@ -42,7 +42,7 @@ IDS_CACHE_S = 1.0
 
 
 class VoiceLimitReached(InvalidInput):
-    """ZONOS_VOICES_MAX clips are stored already."""
+    """VOICES_MAX clips are stored already."""
 
     code = "voice_limit_reached"
 
@@ -58,7 +58,7 @@ class StoredVoice:
     sample_rate: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"object": "voice", "engine": "zonos", "cloned": True, **asdict(self)}
+        return {"object": "voice", "cloned": True, **asdict(self)}
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

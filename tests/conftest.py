@@ -55,7 +55,7 @@ def ray_cluster(test_data_dir: Path, edge_server: FakeEdgeServer) -> Iterator[No
     env = dict(TEST_ENV)
     env.setdefault("EDGE_WSS_URL", edge_server.url)
     env.setdefault("DATABASE_URL", f"sqlite+aiosqlite:///{test_data_dir}/sessions.db")
-    env.setdefault("ZONOS_VOICES_DIR", str(test_data_dir / "voices"))
+    env.setdefault("VOICES_DIR", str(test_data_dir / "voices"))
     env.setdefault("AGENT_OUTBOX_PATH", str(test_data_dir / "outbox.jsonl"))
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

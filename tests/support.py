@@ -13,10 +13,10 @@ import pytest
 from fastapi import FastAPI
 
 from config.settings import Settings
-from serve_app.api import deps
-from serve_app.api.deps import Services, set_services
-from serve_app.ingress import create_app
-from serve_app.router import FallbackRouter
+from serve_app.api.app import create_app
+from serve_app.engines import registry
+from serve_app.router import FallbackRouter, RouterConfig
+from serve_app.router.clients import LocalEngineClient
 
 PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -27,21 +27,18 @@ async def running_app(
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     """The real app with its lifespan (database opened, migrated, sweeper running) and an ASGI client.
 
-    `router` serves speech in-process when given; it is closed on exit.
+    `router` serves speech in-process (in-process Flite, built by the registry as its deployment
+    builds it, when not given); the lifespan closes it.
     """
-    previous = deps._services
-    set_services(Services(settings=settings, router=router))
-    app = create_app(settings)
-    try:
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client,
-        ):
-            yield app, client
-    finally:
-        if router is not None:
-            await router.aclose()
-        set_services(previous)
+    if router is None:
+        flite = registry.build_engine("flite", settings)
+        router = FallbackRouter({"flite": LocalEngineClient(flite)}, RouterConfig(chain=("flite",)))
+    app = create_app(settings, router)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client,
+    ):
+        yield app, client
 
 
 @contextlib.asynccontextmanager

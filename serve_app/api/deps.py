@@ -1,57 +1,29 @@
-"""Shared state and dependencies of the routes: the process's services and API-key auth.
+"""Typed dependencies of the routes: each route receives exactly what it uses.
 
-The Serve ingress replica (or a test, or plain uvicorn) fills `Services` once; routes reach it
-through `get_services()`, so the same FastAPI app runs inside and outside Ray.
+The state lives on the FastAPI app (`app.state.services`, set by the lifespan in
+`serve_app.api.app`), so the same app runs inside a Serve replica, under plain uvicorn and in
+tests, with no module-global registry.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from config.settings import Settings
-from serve_app.api.errors import ApiError
+from serve_app.core.errors import DatabaseUnavailable, ServiceUnavailable, Unauthorized
+from serve_app.db.lifecycle import UsageRecorder
+from serve_app.db.sessions import SessionStore
+from serve_app.drain.replica import ReplicaDrain
 from serve_app.router import FallbackRouter
+from serve_app.state import AppState
+from serve_app.voice_store import VoiceStore
 
 
 class AuthConfigurationError(RuntimeError):
     """Production without API_KEYS: the service refuses to start rather than run open."""
-
-
-@dataclass
-class Services:
-    settings: Settings
-    router: FallbackRouter | None = None
-    # Filled by the sessions layer (serve_app/db): a `Database` with pool, breaker and health.
-    database: Any = None
-    # Extra voice ids known to the service (registered Zonos clones), refreshed by the voices store.
-    extra_voices: Callable[[], set[str]] = field(default=lambda: set())
-    extras: dict[str, Any] = field(default_factory=dict)
-
-
-_services: Services | None = None
-
-
-def set_services(services: Services | None) -> None:
-    global _services
-    _services = services
-
-
-def get_services() -> Services:
-    if _services is None:
-        raise ApiError(503, "service is starting", "not_ready")
-    return _services
-
-
-def get_router() -> FallbackRouter:
-    services = get_services()
-    if services.router is None:
-        raise ApiError(503, "speech router is not ready", "not_ready")
-    return services.router
 
 
 def check_auth_settings(settings: Settings) -> None:
@@ -60,15 +32,58 @@ def check_auth_settings(settings: Settings) -> None:
         raise AuthConfigurationError("API_KEYS must be set when ENV=production (comma-separated bearer keys)")
 
 
-def require_api_key(request: Request) -> None:
+def get_state(request: Request) -> AppState:
+    state: AppState | None = getattr(request.app.state, "services", None)
+    if state is None:
+        raise ServiceUnavailable("service is starting", code="not_ready", retry_after_s=1.0)
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_settings_dep(state: StateDep) -> Settings:
+    return state.settings
+
+
+def get_router(state: StateDep) -> FallbackRouter:
+    return state.router
+
+
+def get_drain(state: StateDep) -> ReplicaDrain:
+    return state.drain
+
+
+def get_voice_store(state: StateDep) -> VoiceStore:
+    return state.voices
+
+
+def get_sessions(state: StateDep) -> SessionStore:
+    if state.sessions is None:
+        raise DatabaseUnavailable("session database is not configured")
+    return state.sessions
+
+
+def get_usage(state: StateDep) -> UsageRecorder | None:
+    return state.usage
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+RouterDep = Annotated[FallbackRouter, Depends(get_router)]
+DrainDep = Annotated[ReplicaDrain, Depends(get_drain)]
+VoiceStoreDep = Annotated[VoiceStore, Depends(get_voice_store)]
+SessionsDep = Annotated[SessionStore, Depends(get_sessions)]
+UsageDep = Annotated[UsageRecorder | None, Depends(get_usage)]
+
+
+def require_api_key(request: Request, settings: SettingsDep) -> None:
     """Bearer auth when API_KEYS is set (always in production); open in development without keys."""
-    settings = get_services().settings
     keys = settings.api_keys
     if not keys:
         return
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise ApiError(401, "missing bearer API key", "invalid_api_key")
+        raise Unauthorized("missing bearer API key")
     if not any(hmac.compare_digest(token.strip().encode(), key.encode()) for key in keys):
-        raise ApiError(401, "invalid API key", "invalid_api_key")
+        raise Unauthorized("invalid API key")

@@ -1,7 +1,9 @@
-"""Errors in OpenAI's shape: `{"error": {"message", "type", "code", "param"}}`, never a bare 500.
+"""The one place errors become HTTP answers in OpenAI's shape: `{"error": {message, type, param, code}}`.
 
 OpenAI SDKs parse this shape into typed exceptions (`BadRequestError`, ...), so clients written
-for OpenAI handle our errors unchanged.
+for OpenAI handle our errors unchanged. Everything the service raises on purpose is a
+`serve_app.core.errors.ServiceError` and carries its status; anything else is a 500 that is
+logged (by type, never with user text) and answered without internals.
 """
 
 from __future__ import annotations
@@ -15,118 +17,58 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.engines.base import EngineUnavailable, InvalidInput, TTSError
+from serve_app.core.errors import ServiceError
 
 logger = logging.getLogger(__name__)
 
-_TYPE_BY_STATUS = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "service_unavailable",
-}
+
+def error_body(exc: ServiceError) -> dict[str, Any]:
+    return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
 
 
-class ApiError(Exception):
-    """Raised by routes for an error response with an explicit status and code."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        code: str | None = None,
-        param: str | None = None,
-        *,
-        retry_after_s: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.param = param
-        self.retry_after_s = retry_after_s
-
-
-def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
-    return {
-        "error": {
-            "message": message,
-            "type": _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error"),
-            "param": param,
-            "code": code,
-        }
-    }
-
-
-def error_response(
-    status: int,
-    message: str,
-    code: str | None = None,
-    param: str | None = None,
-    *,
-    retry_after_s: float | None = None,
-) -> JSONResponse:
+def error_response(exc: ServiceError) -> JSONResponse:
     """The JSON error; 401 names the scheme, and `retry_after_s` becomes Retry-After (whole seconds)."""
     headers: dict[str, str] = {}
-    if status == 401:
+    if exc.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
-    return JSONResponse(error_body(status, message, code, param), status_code=status, headers=headers or None)
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    return JSONResponse(error_body(exc), status_code=exc.status, headers=headers or None)
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+def validation_error(exc: RequestValidationError) -> ServiceError:
+    """422 like FastAPI (OpenAI's SDK maps it to UnprocessableEntityError), naming the field."""
     errors = exc.errors()
     if not errors:
-        return "invalid request", None
+        return ServiceError("invalid request", status=422, code="invalid_value")
     first = errors[0]
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(loc) or None
     msg = str(first.get("msg", "invalid value"))
     if first.get("type") == "json_invalid":
-        return "request body is not valid JSON", None
+        return ServiceError("request body is not valid JSON", status=422, code="invalid_value")
     if not param and first.get("type") == "model_attributes_type":
         # A form, multipart or plain-text body where a JSON object was expected.
-        return "request body must be a JSON object (Content-Type: application/json)", None
-    return (f"{param}: {msg}" if param else msg), param
+        message = "request body must be a JSON object (Content-Type: application/json)"
+        return ServiceError(message, status=422, code="invalid_value")
+    return ServiceError(f"{param}: {msg}" if param else msg, status=422, code="invalid_value", param=param)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.code, exc.param, retry_after_s=exc.retry_after_s)
+    @app.exception_handler(ServiceError)
+    async def _service(_: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # 422 like FastAPI (and OpenAI's SDK maps it to UnprocessableEntityError); semantic
-        # problems with well-formed input (empty text, unknown voice) are 400 below.
-        message, param = _validation_message(exc)
-        return error_response(422, message, "invalid_value", param)
+        return error_response(validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), None)
-
-    @app.exception_handler(InvalidInput)
-    async def _invalid(_: Request, exc: InvalidInput) -> JSONResponse:
-        return error_response(400, str(exc), exc.code)
-
-    @app.exception_handler(EngineUnavailable)
-    async def _unavailable(_: Request, exc: EngineUnavailable) -> JSONResponse:
-        return error_response(503, str(exc), exc.code)
-
-    @app.exception_handler(TTSError)
-    async def _tts(_: Request, exc: TTSError) -> JSONResponse:
-        return error_response(503, str(exc), exc.code)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(ServiceError(str(exc.detail), status=exc.status_code, code=code))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error: %s", type(exc).__name__)
-        return error_response(500, "internal error", "internal_error")
+        return error_response(ServiceError("internal error"))

@@ -7,22 +7,21 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from serve_app.api.deps import get_services
-from serve_app.drain import is_draining
+from serve_app.api.deps import StateDep
+from serve_app.state import AppState
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-async def health() -> dict[str, Any]:
+async def health(state: StateDep) -> dict[str, Any]:
     """Liveness: the process answers. Does not touch engines or the database."""
-    services = get_services()
-    return {"status": "ok", "env": services.settings.env.value}
+    return {"status": "ok", "env": state.settings.env.value}
 
 
-async def database_health() -> tuple[bool, dict[str, Any]]:
-    """(healthy, details) of the database; healthy when no database layer is configured here."""
-    database = get_services().database
+async def database_health(state: AppState) -> tuple[bool, dict[str, Any]]:
+    """(healthy, details) of the database; unhealthy when no database layer is configured here."""
+    database = state.database
     if database is None:
         return False, {"status": "unavailable", "reason": "database layer not configured"}
     report = await database.health()
@@ -30,22 +29,19 @@ async def database_health() -> tuple[bool, dict[str, Any]]:
 
 
 @router.get("/health/db", responses={503: {"description": "database unavailable"}})
-async def health_db() -> JSONResponse:
-    ok, report = await database_health()
+async def health_db(state: StateDep) -> JSONResponse:
+    ok, report = await database_health(state)
     return JSONResponse({"status": "ok" if ok else "unavailable", **report}, status_code=200 if ok else 503)
 
 
 @router.get("/health/ready", responses={503: {"description": "not ready"}})
-async def health_ready() -> JSONResponse:
+async def health_ready(state: StateDep) -> JSONResponse:
     """Ready when the database answers and at least one engine can speak; 503 while draining."""
-    if is_draining():  # load balancers stop sending here while requests in flight finish
+    if state.drain.draining:  # load balancers stop sending here while requests in flight finish
         return JSONResponse({"status": "draining"}, status_code=503)
-    services = get_services()
-    engines: list[dict[str, Any]] = []
-    if services.router is not None:
-        engines = await services.router.engines_status()
+    engines = await state.router.engines_status()
     speaking = [e["name"] for e in engines if e["available"]]
-    db_ok, db_report = await database_health()
+    db_ok, db_report = await database_health(state)
     ready = bool(speaking) and db_ok
     body = {
         "status": "ready" if ready else "not_ready",

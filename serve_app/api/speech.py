@@ -18,27 +18,32 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from config.logging import truncate
-from serve_app.api.deps import get_router, get_services, require_api_key
-from serve_app.api.errors import ApiError, error_response
-from serve_app.audio import StreamEncoder
-from serve_app.drain import RETRY_AFTER_S, is_draining
-from serve_app.router import AllEnginesFailed, AudioChunk, SpeechRequest
-from serve_app.voices import OPENAI_VOICES, is_known_voice, openai_voice_mapping
+from serve_app.api.deps import DrainDep, RouterDep, UsageDep, VoiceStoreDep, require_api_key
+from serve_app.core.audio import StreamEncoder
+from serve_app.core.errors import AllEnginesFailed, Draining, InvalidInput, ServiceUnavailable
+from serve_app.core.voices import OPENAI_VOICES
+from serve_app.db.lifecycle import UsageRecorder
+from serve_app.drain.coordinator import RETRY_AFTER_S
+from serve_app.engines import registry
+from serve_app.router import AudioChunk, SpeechRequest
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["audio"], dependencies=[Depends(require_api_key)])
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
-SUPPORTED_MODELS: dict[str, str] = {
-    "tts-1": "Fallback chain (Zonos, Edge TTS, Flite), tuned for latency",
-    "tts-1-hd": "Fallback chain, same engines (quality is the engine's own)",
-    "gpt-4o-mini-tts": "Alias of tts-1 for clients that default to it",
-    "zonos-v0.1": "Zyphra Zonos, pinned (no fallback)",
-    "edge-tts": "Microsoft Edge neural voices, pinned (no fallback)",
-    "flite": "CMU Flite, pinned (no fallback)",
+# OpenAI's model names speak through the whole chain; each engine adds one that pins it.
+CHAIN_MODELS: dict[str, str] = {
+    "tts-1": "The fallback chain, tuned for latency",
+    "tts-1-hd": "The fallback chain (quality is each engine's own)",
+    "gpt-4o-mini-tts": "The fallback chain, for clients that default to it",
 }
-_MODEL_ENGINE = {"zonos-v0.1": "zonos", "edge-tts": "edge", "flite": "flite"}
+SUPPORTED_MODELS: dict[str, str] = {
+    **CHAIN_MODELS,
+    **{s.model_id: f"{s.title}, pinned (no fallback)" for s in registry.specs().values()},
+}
+# The API's engine names come from the registry (an enum in the OpenAPI schema).
+EngineName: Any = Literal[tuple(registry.specs())]
 PCM_RATE = 24000  # OpenAI's pcm is 24 kHz s16le mono
 
 
@@ -55,9 +60,17 @@ class SpeechBody(BaseModel):
     instructions: str | None = Field(None, max_length=4096)
     stream_format: Literal["audio"] | None = None
     language: str | None = Field(None, max_length=16, pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
-    engine: Literal["zonos", "edge", "flite"] | None = None
+    engine: EngineName | None = None  # type: ignore[valid-type]
     session_id: str | None = Field(None, max_length=64)
     sample_rate: int | None = Field(None, ge=8000, le=48000)
+
+
+async def _voice_exists(voice: str, tts: RouterDep, store: VoiceStoreDep) -> bool:
+    """OpenAI names, catalogued voices and clones answer at once; otherwise ask the engines, which
+    may offer voices found at run time (a directory of extra voices)."""
+    if registry.catalogue().is_known_voice(voice, store.ids()):
+        return True
+    return any(v["id"].lower() == voice.lower() for v in await tts.voices())
 
 
 async def _first_and_rest(stream: AsyncIterator[AudioChunk]) -> tuple[AudioChunk, AsyncIterator[AudioChunk]]:
@@ -70,18 +83,16 @@ async def _first_and_rest(stream: AsyncIterator[AudioChunk]) -> tuple[AudioChunk
     response_class=StreamingResponse,
     responses={200: {"content": {"audio/mpeg": {}, "audio/wav": {}, "audio/pcm": {}}}, 400: {}, 503: {}},
 )
-async def create_speech(body: SpeechBody) -> Response:
-    if is_draining():  # shutting down: streams in flight finish, new ones go to another instance
-        return error_response(
-            503, "the service is shutting down; retry on another instance", "draining", retry_after_s=RETRY_AFTER_S
-        )
-    services = get_services()
-    tts = get_router()
+async def create_speech(
+    body: SpeechBody, tts: RouterDep, drain: DrainDep, voices: VoiceStoreDep, usage: UsageDep
+) -> Response:
+    if drain.draining:  # shutting down: streams in flight finish, new ones go to another instance
+        raise Draining("the service is shutting down; retry on another instance", retry_after_s=RETRY_AFTER_S)
     if body.model not in SUPPORTED_MODELS:
-        raise ApiError(400, f"model '{body.model[:64]}' does not exist", "model_not_found", "model")
-    if not is_known_voice(body.voice, services.extra_voices()):
-        raise ApiError(400, f"unknown voice '{body.voice[:64]}'", "invalid_voice", "voice")
-    engine = body.engine or _MODEL_ENGINE.get(body.model)
+        raise InvalidInput(f"model '{body.model[:64]}' does not exist", code="model_not_found", param="model")
+    if not await _voice_exists(body.voice, tts, voices):
+        raise InvalidInput(f"unknown voice '{body.voice[:64]}'", code="invalid_voice", param="voice")
+    engine = body.engine or registry.pinned_models().get(body.model)
     rate = StreamEncoder.rate_for(body.response_format, body.sample_rate or PCM_RATE)
     request = SpeechRequest(
         text=body.input, voice=body.voice, language=body.language, speed=body.speed, sample_rate=rate, engine=engine
@@ -91,17 +102,16 @@ async def create_speech(body: SpeechBody) -> Response:
     try:
         first, rest = await _first_and_rest(stream)
     except StopAsyncIteration:
-        raise ApiError(503, "no audio was produced", "empty_audio") from None
+        raise ServiceUnavailable("no audio was produced", code="empty_audio") from None
     except AllEnginesFailed as exc:
         logger.warning("speech failed before first byte: %s", str(exc)[:300])
-        raise ApiError(503, str(exc)[:500], exc.code, retry_after_s=exc.retry_after_s) from None
+        raise
     ttfb_s = time.perf_counter() - started
     encoder = StreamEncoder(body.response_format, rate)
     logger.debug(
         "speech start engine=%s format=%s ttfb_ms=%.1f text=%s",
         first.engine, body.response_format, ttfb_s * 1000, truncate(body.input),
     )
-    usage = services.extras.get("usage_recorder")
     return StreamingResponse(
         _encode(first, rest, encoder, body, usage, started, ttfb_s),
         media_type=encoder.content_type,
@@ -114,7 +124,7 @@ async def _encode(
     rest: AsyncIterator[AudioChunk],
     encoder: StreamEncoder,
     body: SpeechBody,
-    usage: Any,
+    usage: UsageRecorder | None,
     started: float,
     ttfb_s: float,
 ) -> AsyncIterator[bytes]:
@@ -156,38 +166,41 @@ async def _encode(
 
 
 @router.get("/v1/audio/voices")
-async def list_voices() -> dict[str, Any]:
-    """Every engine's voices plus OpenAI's names (mapped to the nearest voice of each engine)."""
-    services = get_services()
-    tts = get_router()
+async def list_voices(tts: RouterDep, store: VoiceStoreDep) -> dict[str, Any]:
+    """Every engine's voices, OpenAI's names (mapped to each engine's nearest voice), and clones."""
     voices = await tts.voices()
-    maps_to = openai_voice_mapping()
+    maps_to = registry.catalogue().openai_mapping()
     openai = [
         {"id": name, "engine": "any", "name": name, "gender": gender, "maps_to": maps_to[name]}
         for name, gender in OPENAI_VOICES.items()
     ]
-    store = services.extras.get("voice_store")  # registered clones with their names (voice_upload)
-    cloned = (
-        [v.to_dict() for v in store.list()]
-        if store is not None
-        else [{"id": v, "engine": "zonos", "name": v, "cloned": True} for v in sorted(services.extra_voices())]
-    )
+    cloned = [{**v.to_dict(), "cloned": True} for v in store.list()]
     return {"object": "list", "data": openai + voices + cloned}
 
 
 @router.get("/v1/models")
 async def list_models() -> dict[str, Any]:
+    """OpenAI's model list shape; each pinned model says which engine and what it honours."""
+    engines = {d["model"]: d for d in registry.describe()}
     return {
         "object": "list",
         "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "voice-tts-serve", "description": desc}
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "voice-tts-serve",
+                "description": desc,
+                **({"engine": engines[name]["name"], "honours": engines[name]["honours"]} if name in engines else {}),
+            }
             for name, desc in SUPPORTED_MODELS.items()
         ],
     }
 
 
 @router.get("/v1/engines")
-async def list_engines() -> dict[str, Any]:
-    """This replica's view of each engine: availability, breaker, counters, TTFB percentiles."""
-    return {"object": "list", "chain": list(get_router().chain), "data": await get_router().engines_status()}
-
+async def list_engines(tts: RouterDep) -> dict[str, Any]:
+    """This replica's view of each engine: availability, breaker, counters, TTFB, capabilities."""
+    status = await tts.engines_status()
+    about = {d["name"]: d for d in registry.describe([e["name"] for e in status])}
+    return {"object": "list", "chain": list(tts.chain), "data": [{**about[e["name"]], **e} for e in status]}

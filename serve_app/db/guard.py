@@ -24,17 +24,10 @@ from typing import Any
 import asyncpg
 from sqlalchemy import exc as sa_exc
 
-from serve_app.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from serve_app.core.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from serve_app.core.errors import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
-
-
-class DatabaseUnavailable(Exception):
-    """The database cannot be reached now (outage or open breaker); the API maps it to 503."""
-
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 _OUTAGE_TYPES: tuple[type[BaseException], ...] = (

@@ -1,8 +1,12 @@
-"""The contract every TTS engine keeps, and the typed errors the router reasons about.
+"""The contract every TTS engine keeps.
 
 An engine turns one piece of text into an async stream of raw PCM (signed 16-bit little-endian,
-mono) at `sample_rate`. Errors are typed so the router can tell the caller's mistakes
-(`InvalidInput`: never a strike) from the engine's (`EngineUnavailable`, `EngineTimeout`: strikes).
+mono) at `sample_rate`. Errors are typed (`serve_app.core.errors`) so the router can tell the
+caller's mistakes (`InvalidInput`: never a strike) and a full engine (`EngineBusy`: never a strike)
+from a broken one (`EngineUnavailable`, `EngineTimeout`: strikes).
+
+A stream may yield an empty chunk first: it tells the router that the engine has started on this
+request (it left the engine's queue), so the first-byte timer measures the engine, not its queue.
 """
 
 from __future__ import annotations
@@ -12,44 +16,13 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-
-class TTSError(Exception):
-    """Base of every error an engine or the router raises on purpose."""
-
-    code = "tts_error"
-
-
-class InvalidInput(TTSError):
-    """The request itself is wrong (empty text, unknown voice): the caller's fault, never a strike."""
-
-    code = "invalid_input"
-
-
-class EngineUnavailable(TTSError):
-    """The engine cannot serve now (missing dependency, crashed, network down)."""
-
-    code = "engine_unavailable"
-
-
-class EngineTimeout(EngineUnavailable):
-    """The engine did not produce audio in time (first byte or between chunks)."""
-
-    code = "engine_timeout"
-
-
-@dataclass(frozen=True)
-class Voice:
-    """One voice of one engine, as listed by `GET /v1/audio/voices`."""
-
-    id: str
-    engine: str
-    name: str
-    language: str = "en-US"
-    gender: str | None = None
-    description: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from serve_app.core.errors import (  # noqa: F401  (re-exported: engine modules import them from here)
+    EngineBusy,
+    EngineTimeout,
+    EngineUnavailable,
+    InvalidInput,
+)
+from serve_app.core.voices import Catalogue, Voice
 
 
 @dataclass
@@ -70,6 +43,8 @@ class Engine(abc.ABC):
 
     name: str = "engine"
     sample_rate: int = 16000
+    # Set by the registry (the whole catalogue); an engine built alone knows only its own voices.
+    catalogue: Catalogue = Catalogue({})
 
     @abc.abstractmethod
     def synthesize(
@@ -87,6 +62,12 @@ class Engine(abc.ABC):
 
     def resolve_voice(self, voice: str | None) -> str:
         """Map a requested voice (engine id or OpenAI name) to one of ours, or raise InvalidInput."""
-        from serve_app.voices import resolve_voice
+        return self.catalogue.resolve(self.name, voice, [v.id for v in self.voices()])
 
-        return resolve_voice(self.name, voice, [v.id for v in self.voices()])
+    def prefer_language(self, chosen: str, language: str | None) -> str:
+        """`chosen`, or one of our voices that speaks `language` (same gender where possible)."""
+        return self.catalogue.prefer_language(self.name, chosen, language, [v.id for v in self.voices()])
+
+    def check_speed(self, speed: float, speed_range: tuple[float, float]) -> None:
+        if not speed_range[0] <= speed <= speed_range[1]:
+            raise InvalidInput(f"speed must be between {speed_range[0]} and {speed_range[1]}", param="speed")

@@ -33,11 +33,14 @@ import edge_tts
 import edge_tts.communicate
 import edge_tts.constants
 from edge_tts.exceptions import EdgeTTSException, NoAudioReceived
+from pydantic import Field
 
-from config.settings import Settings
-from serve_app.audio import SAMPLE_WIDTH
-from serve_app.engines.base import Engine, EngineCheck, EngineTimeout, EngineUnavailable, InvalidInput, Voice
-from serve_app.voices import prefer_language, voices_for
+from config.settings import settings_config
+from serve_app.core.audio import SAMPLE_WIDTH
+from serve_app.core.errors import EngineTimeout, EngineUnavailable, InvalidInput
+from serve_app.core.voices import Catalogue, Voice, VoiceTable
+from serve_app.engines.base import Engine, EngineCheck
+from serve_app.engines.spec import DeploymentDefaults, EngineContext, EngineSettings, EngineSpec
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +49,63 @@ SPEED_RANGE = (0.25, 4.0)
 EDGE_RATE_RANGE = (0.5, 2.0)
 TICKS_PER_SECOND = 10_000_000  # Edge reports offsets and durations in 100 ns ticks
 TRUNCATION_TOLERANCE_S = 0.1
+
+
+def _voice(short: str, name: str, gender: str) -> Voice:
+    return Voice(short, "edge", name, short[:5], gender)
+
+
+VOICES = VoiceTable(
+    voices=(
+        _voice("en-US-AriaNeural", "Aria", "female"),
+        _voice("en-US-JennyNeural", "Jenny", "female"),
+        _voice("en-US-EmmaNeural", "Emma", "female"),
+        _voice("en-US-AvaNeural", "Ava", "female"),
+        _voice("en-US-MichelleNeural", "Michelle", "female"),
+        _voice("en-GB-SoniaNeural", "Sonia", "female"),
+        _voice("en-US-GuyNeural", "Guy", "male"),
+        _voice("en-US-DavisNeural", "Davis", "male"),
+        _voice("en-US-AndrewNeural", "Andrew", "male"),
+        _voice("en-US-BrianNeural", "Brian", "male"),
+        _voice("en-US-ChristopherNeural", "Christopher", "male"),
+        _voice("en-GB-RyanNeural", "Ryan", "male"),
+        _voice("de-DE-KatjaNeural", "Katja", "female"),
+        _voice("de-DE-ConradNeural", "Conrad", "male"),
+        _voice("fr-FR-DeniseNeural", "Denise", "female"),
+        _voice("fr-FR-HenriNeural", "Henri", "male"),
+        _voice("es-ES-ElviraNeural", "Elvira", "female"),
+        _voice("es-ES-AlvaroNeural", "Alvaro", "male"),
+        _voice("it-IT-ElsaNeural", "Elsa", "female"),
+        _voice("it-IT-DiegoNeural", "Diego", "male"),
+        _voice("pt-BR-FranciscaNeural", "Francisca", "female"),
+        _voice("pt-BR-AntonioNeural", "Antonio", "male"),
+        _voice("ja-JP-NanamiNeural", "Nanami", "female"),
+        _voice("ja-JP-KeitaNeural", "Keita", "male"),
+        _voice("zh-CN-XiaoxiaoNeural", "Xiaoxiao", "female"),
+        _voice("zh-CN-YunxiNeural", "Yunxi", "male"),
+    ),
+    openai={
+        "alloy": "en-US-AriaNeural", "ash": "en-US-AndrewNeural", "ballad": "en-GB-RyanNeural",
+        "cedar": "en-US-ChristopherNeural", "coral": "en-US-JennyNeural", "echo": "en-US-GuyNeural",
+        "fable": "en-GB-RyanNeural", "marin": "en-US-MichelleNeural", "nova": "en-US-EmmaNeural",
+        "onyx": "en-US-DavisNeural", "sage": "en-GB-SoniaNeural", "shimmer": "en-US-AvaNeural",
+        "verse": "en-US-BrianNeural",
+    },
+    by_gender={"female": "en-US-AriaNeural", "male": "en-US-GuyNeural"},
+)
+
+
+class EdgeSettings(EngineSettings):
+    """`EDGE_*`: voice, timeouts, proxy, and the endpoint (tests point it at a local server)."""
+
+    model_config = settings_config(env_prefix="EDGE_")
+
+    default_voice: str = "en-US-AriaNeural"
+    connect_timeout_s: float = Field(5.0, gt=0)
+    receive_timeout_s: float = Field(10.0, gt=0)
+    proxy: str | None = None
+    wss_url: str | None = Field(None, pattern=r"^wss?://")
+    check_ttl_s: float = Field(30.0, ge=0)
 
 
 def edge_rate(speed: float) -> str:
@@ -141,7 +201,9 @@ class EdgeEngine(Engine):
         proxy: str | None = None,
         wss_url: str | None = None,
         check_ttl_s: float = 30.0,
+        catalogue: Catalogue | None = None,
     ) -> None:
+        self.catalogue = catalogue or Catalogue({self.name: VOICES})
         self.default_voice = default_voice
         self.connect_timeout_s = connect_timeout_s
         self.receive_timeout_s = receive_timeout_s
@@ -153,23 +215,12 @@ class EdgeEngine(Engine):
         self._check: tuple[float, EngineCheck] | None = None
         self._check_lock = asyncio.Lock()
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> EdgeEngine:
-        return cls(
-            default_voice=settings.edge_default_voice,
-            connect_timeout_s=settings.edge_connect_timeout_s,
-            receive_timeout_s=settings.edge_receive_timeout_s,
-            proxy=settings.edge_proxy,
-            wss_url=settings.edge_wss_url,
-            check_ttl_s=settings.edge_check_ttl_s,
-        )
-
     @property
     def endpoint(self) -> str:
         return str(edge_tts.communicate.WSS_URL)
 
     def voices(self) -> list[Voice]:
-        catalogue = voices_for(self.name)
+        catalogue = self.catalogue.voices_for(self.name)
         first = [v for v in catalogue if v.id == self.default_voice] or [
             Voice(self.default_voice, self.name, self.default_voice)
         ]
@@ -212,8 +263,7 @@ class EdgeEngine(Engine):
     # --- synthesis --------------------------------------------------------------------------
 
     def _voice_for(self, voice: str | None, language: str | None) -> str:
-        chosen = self.resolve_voice(voice)
-        return prefer_language(self.name, chosen, language, [v.id for v in self.voices()])
+        return self.prefer_language(self.resolve_voice(voice), language)
 
     async def _next(self, stream: AsyncIterator[Any], timeout_s: float) -> dict[str, Any] | None:
         """The next message of the library's stream, None at its end; errors typed for the router."""
@@ -230,8 +280,7 @@ class EdgeEngine(Engine):
     ) -> AsyncIterator[bytes]:
         if not text.strip():
             raise InvalidInput("text is empty")
-        if not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]:
-            raise InvalidInput(f"speed must be between {SPEED_RANGE[0]} and {SPEED_RANGE[1]}")
+        self.check_speed(speed, SPEED_RANGE)
         chosen = self._voice_for(voice, language)
         # Lengths only: per-sentence excerpts would add up to the whole user text in a DEBUG log.
         logger.debug("edge synthesize voice=%s rate=%s chars=%d", chosen, edge_rate(speed), len(text))
@@ -272,3 +321,29 @@ class EdgeEngine(Engine):
             raise EngineUnavailable(
                 f"edge stream ended early: {received_s:.2f}s of audio, {announced_end_s:.2f}s announced"
             )
+
+
+def _build(settings: EdgeSettings, context: EngineContext) -> EdgeEngine:
+    return EdgeEngine(
+        default_voice=settings.default_voice,
+        connect_timeout_s=settings.connect_timeout_s,
+        receive_timeout_s=settings.receive_timeout_s,
+        proxy=settings.proxy,
+        wss_url=settings.wss_url,
+        check_ttl_s=settings.check_ttl_s,
+        catalogue=context.catalogue,
+    )
+
+
+ENGINE = EngineSpec(
+    name="edge",
+    title="Microsoft Edge neural voices over the internet (first fallback)",
+    model_id="edge-tts",
+    settings=EdgeSettings,
+    build=_build,
+    voices=VOICES,
+    speed_range=SPEED_RANGE,
+    word_timing="exact",
+    deployment=DeploymentDefaults(num_cpus=0.1, max_ongoing_requests=64),
+    honours={"speed": "prosody rate (clamped to 0.5-2.0)", "language": "voice of that language"},
+)

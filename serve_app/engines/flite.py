@@ -22,9 +22,14 @@ import wave
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from serve_app.audio import StreamResampler
-from serve_app.engines.base import Engine, EngineCheck, EngineUnavailable, InvalidInput, Voice
-from serve_app.voices import voices_for
+from pydantic import Field
+
+from config.settings import settings_config
+from serve_app.core.audio import StreamResampler
+from serve_app.core.errors import EngineUnavailable
+from serve_app.core.voices import Catalogue, Voice, VoiceTable
+from serve_app.engines.base import Engine, EngineCheck
+from serve_app.engines.spec import DeploymentDefaults, EngineContext, EngineSettings, EngineSpec
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +42,32 @@ FLITE_VOICE_LIBRARIES: dict[str, str] = {
     "kal16": "cmu_us_kal16",
 }
 SPEED_RANGE = (0.25, 4.0)
+
+VOICES = VoiceTable(
+    voices=(
+        Voice("slt", "flite", "SLT (US English, female)", "en-US", "female"),
+        Voice("rms", "flite", "RMS (US English, male)", "en-US", "male"),
+        Voice("awb", "flite", "AWB (Scottish English, male)", "en-GB", "male"),
+        Voice("kal", "flite", "Kal (US English, male, 8 kHz)", "en-US", "male"),
+        Voice("kal16", "flite", "Kal16 (US English, male)", "en-US", "male"),
+    ),
+    openai={
+        "alloy": "slt", "ash": "rms", "ballad": "awb", "cedar": "rms", "coral": "slt", "echo": "rms",
+        "fable": "awb", "marin": "slt", "nova": "slt", "onyx": "rms", "sage": "slt", "shimmer": "slt",
+        "verse": "awb",
+    },
+    by_gender={"female": "slt", "male": "rms"},
+)
+
+
+class FliteSettings(EngineSettings):
+    """`FLITE_*`: which backend, binary and default voice."""
+
+    model_config = settings_config(env_prefix="FLITE_")
+
+    binary: str = "flite"
+    default_voice: str = "slt"
+    backend: str = Field("auto", pattern="^(auto|library|binary)$")
 
 
 class _CstWave(ctypes.Structure):
@@ -237,7 +268,15 @@ class FliteEngine(Engine):
     name = "flite"
     sample_rate = 16000
 
-    def __init__(self, *, binary: str = "flite", default_voice: str = "slt", backend: str = "auto") -> None:
+    def __init__(
+        self,
+        *,
+        binary: str = "flite",
+        default_voice: str = "slt",
+        backend: str = "auto",
+        catalogue: Catalogue | None = None,
+    ) -> None:
+        self.catalogue = catalogue or Catalogue({self.name: VOICES})
         self.default_voice = default_voice
         self._problem: str | None = None
         self._backend: FliteBackend | None = None
@@ -264,7 +303,7 @@ class FliteEngine(Engine):
 
     def voices(self) -> list[Voice]:
         ids = [self.default_voice] + [v for v in FLITE_VOICE_LIBRARIES if v != self.default_voice]
-        catalogued = {v.id: v for v in voices_for(self.name)}
+        catalogued = {v.id: v for v in self.catalogue.voices_for(self.name)}
         return [catalogued.get(v, Voice(v, self.name, v)) for v in ids]
 
     async def check(self) -> EngineCheck:
@@ -277,8 +316,7 @@ class FliteEngine(Engine):
     ) -> AsyncIterator[bytes]:
         if self._backend is None:
             raise EngineUnavailable(self._problem or "flite unavailable")
-        if not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]:
-            raise InvalidInput(f"speed must be between {SPEED_RANGE[0]} and {SPEED_RANGE[1]}")
+        self.check_speed(speed, SPEED_RANGE)
         chosen = self.resolve_voice(voice)
         # Lengths only: per-sentence excerpts would add up to the whole user text in a DEBUG log.
         logger.debug("flite synthesize voice=%s chars=%d", chosen, len(text))
@@ -294,3 +332,26 @@ class FliteEngine(Engine):
             tail = resampler.flush()
             if tail:
                 yield tail
+
+
+def _build(settings: FliteSettings, context: EngineContext) -> FliteEngine:
+    return FliteEngine(
+        binary=settings.binary,
+        default_voice=settings.default_voice,
+        backend=settings.backend,
+        catalogue=context.catalogue,
+    )
+
+
+ENGINE = EngineSpec(
+    name="flite",
+    title="CMU Flite: offline, CPU-only, robotic but always there (the last resort)",
+    model_id="flite",
+    settings=FliteSettings,
+    build=_build,
+    voices=VOICES,
+    speed_range=SPEED_RANGE,
+    word_timing="estimated",
+    deployment=DeploymentDefaults(num_cpus=0.2, max_ongoing_requests=32),
+    honours={"speed": "duration stretch"},
+)

@@ -1,57 +1,177 @@
-"""Builds engine objects by name from settings; the one place that knows every engine class.
+"""The engine registry: finds every engine module's `ENGINE` declaration and builds from it.
 
-Besides the built-in names ("zonos", "edge", "flite"), a spec of the form
-"package.module:ClassName" builds any `Engine` subclass by import path. Operators can host a
-custom engine in an `EngineHost` deployment that way, and tests host fault-injecting engines in
-real Serve deployments (`EngineDeployment.bind("tests.fakes.faulty:FaultyEngine")`). The class is
-built with `ClassName.from_settings(settings)` when it has that classmethod, else `ClassName()`.
+Engines are discovered, not listed: each module of this package that defines `ENGINE` (an
+`EngineSpec`) is an engine. Importing one must stay cheap and must not fail for a missing extra
+(torch, the model package): heavy imports happen inside the engine's own code paths, and its
+`check()` reports what is missing.
+
+Besides registered names, a spec of the form "package.module:ClassName" builds any `Engine`
+subclass by import path (with `ClassName.from_settings(settings)` when it has that classmethod,
+else `ClassName()`): tests host fault-injecting engines in real Serve deployments that way.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import pkgutil
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from config.settings import Settings
+from config.settings import Settings, SettingsError, load_section
+from serve_app.core.voices import Catalogue
 from serve_app.engines.base import Engine
+from serve_app.engines.spec import EngineContext, EngineSettings, EngineSpec
 
 _IMPORT_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
-def build_engine(name: str, settings: Settings) -> Engine:
-    """Instantiate engine `name` (a built-in name or "package.module:ClassName").
+@functools.cache
+def specs() -> dict[str, EngineSpec]:
+    """Every engine declared in this package, by name (module order: alphabetical)."""
+    import serve_app.engines as package
 
-    Built-ins import lazily so a missing extra (torch for Zonos) does not break the others.
-    """
-    if ":" in name:
-        return _build_from_spec(name, settings)
-    if name == "flite":
-        from serve_app.engines.flite import FliteEngine
+    found: dict[str, EngineSpec] = {}
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        spec = getattr(module, "ENGINE", None)
+        if isinstance(spec, EngineSpec):
+            if spec.name in found:
+                raise RuntimeError(f"two engine modules declare the name {spec.name!r}")
+            found[spec.name] = spec
+    return found
 
-        return FliteEngine(
-            binary=settings.flite_binary, default_voice=settings.flite_default_voice, backend=settings.flite_backend
+
+def spec(name: str) -> EngineSpec:
+    try:
+        return specs()[name]
+    except KeyError:
+        raise ValueError(f"unknown engine {name!r}; known: {', '.join(specs())}") from None
+
+
+@functools.cache
+def catalogue() -> Catalogue:
+    """The voice catalogue of every registered engine (static data, built once per process)."""
+    return Catalogue({name: s.voices for name, s in specs().items()})
+
+
+def engine_settings(name: str) -> EngineSettings:
+    """An engine's own settings from the environment (`SettingsError` names a bad variable)."""
+    return load_section(spec(name).settings)
+
+
+def check_chain(settings: Settings) -> None:
+    """Fail at start, with the variable named, when the chain lists an engine nobody declares."""
+    unknown = [n for n in settings.tts_engine_chain if n not in specs()]
+    if unknown:
+        raise SettingsError(
+            f"invalid setting TTS_ENGINE_CHAIN: unknown engine(s) {unknown}; choose from {sorted(specs())}"
         )
-    if name == "edge":
-        from serve_app.engines.edge import EdgeEngine
-
-        return EdgeEngine.from_settings(settings)
-    if name == "zonos":
-        from serve_app.engines.zonos import ZonosEngine
-
-        return ZonosEngine.from_settings(settings)
-    raise ValueError(f"unknown engine {name}")
 
 
-def _build_from_spec(spec: str, settings: Settings) -> Engine:
-    if not _IMPORT_SPEC.match(spec):
-        raise ValueError(f"engine spec {spec!r} is not of the form package.module:ClassName")
-    module_name, class_name = spec.split(":", 1)
+def validate_all(settings: Settings) -> dict[str, EngineSettings]:
+    """The chain and every engine's settings, checked together so all bad lines show at once."""
+    problems: list[str] = []
+    loaded: dict[str, EngineSettings] = {}
+    try:
+        check_chain(settings)
+    except SettingsError as exc:
+        problems.append(str(exc))
+    for name in specs():
+        try:
+            loaded[name] = engine_settings(name)
+        except SettingsError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise SettingsError("\n".join(problems))
+    return loaded
+
+
+def build_engine(name: str, settings: Settings) -> Engine:
+    """Instantiate engine `name` (a registered name or "package.module:ClassName")."""
+    if ":" in name:
+        return _build_from_import_path(name, settings)
+    declared = spec(name)
+    return declared.build(engine_settings(name), EngineContext(settings=settings, catalogue=catalogue()))
+
+
+def _build_from_import_path(path: str, settings: Settings) -> Engine:
+    if not _IMPORT_SPEC.match(path):
+        raise ValueError(f"engine spec {path!r} is not of the form package.module:ClassName")
+    module_name, class_name = path.split(":", 1)
     module = importlib.import_module(module_name)
     cls = getattr(module, class_name, None)
     if not isinstance(cls, type) or not issubclass(cls, Engine):
-        raise ValueError(f"{spec} is not an Engine subclass")
+        raise ValueError(f"{path} is not an Engine subclass")
     factory = getattr(cls, "from_settings", None)
     engine = factory(settings) if callable(factory) else cls()
     if not isinstance(engine, Engine):
-        raise ValueError(f"{spec}.from_settings did not return an Engine")
+        raise ValueError(f"{path}.from_settings did not return an Engine")
     return engine
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    """Which engines to deploy, and which the router must not use (with the reason)."""
+
+    deploy: tuple[str, ...]
+    unusable: dict[str, str]
+
+
+def placement_problem(spec: EngineSpec, own: EngineSettings, gpus: float) -> str | None:
+    """Why the engine's replicas could not be scheduled on this cluster, or None."""
+    _, wanted = own.resources(spec.deployment)
+    if wanted > 0 and gpus < wanted:
+        prefix = spec.env_prefix
+        return (
+            f"no GPU in the Ray cluster ({prefix}NUM_GPUS={wanted:g}, cluster GPUs={gpus:g}); "
+            f"set {prefix}NUM_GPUS=0 (and a CPU device) to run it on CPU"
+        )
+    return spec.placement_problem(own, gpus) if spec.placement_problem else None
+
+
+def plan(settings: Settings, engines: dict[str, EngineSettings], gpus: float) -> EnginePlan:
+    """Every registered engine is deployed unless it cannot be placed here (e.g. no GPU).
+
+    Engines that are disabled or left out of the chain are still deployed when they can be placed,
+    because `serve_config.yaml` configures them by name and Serve rejects configuration for
+    deployments that are not in the application; a disabled engine costs one idle replica.
+    """
+    deploy: list[str] = []
+    unusable: dict[str, str] = {}
+    for name, declared in specs().items():
+        own = engines[name]
+        prefix = declared.env_prefix
+        problem = placement_problem(declared, own, gpus)
+        if problem is None:
+            deploy.append(name)
+        if not own.enabled:
+            unusable[name] = f"disabled by {prefix}ENABLED=false"
+        elif name not in settings.tts_engine_chain:
+            unusable[name] = "not in TTS_ENGINE_CHAIN"
+        elif problem is not None:
+            unusable[name] = problem
+    return EnginePlan(tuple(deploy), unusable)
+
+
+def pinned_models() -> dict[str, str]:
+    """OpenAI `model` values that pin one engine, mapped to the engine's name."""
+    return {s.model_id: name for name, s in specs().items()}
+
+
+def describe(names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """What each engine is and can do, for `/v1/engines` and `/v1/models`."""
+    chosen = names if names is not None else list(specs())
+    return [
+        {
+            "name": s.name,
+            "title": s.title,
+            "model": s.model_id,
+            "word_timing": s.word_timing,
+            "speed_range": list(s.speed_range),
+            "honours": dict(s.honours),
+        }
+        for s in (spec(n) for n in chosen)
+    ]

@@ -40,7 +40,7 @@ works for one request at a time:
   step; a batch with no rows left stops.
 
 Requests reach the loop through a `Batcher` (batch window, max batch size, busy rejection,
-admission marker `b""`); `serve_app.batching_host` hosts the engine as a Serve deployment.
+admission marker `b""`); `serve_app.deployments` hosts the engine as a Serve deployment.
 Faults: a CUDA error other than out-of-memory leaves the context unusable, so it is remembered,
 `health()` fails and Serve replaces the replica. Bad input (empty or unspeakable text, an unknown
 language or voice, a silent reference clip) is `InvalidInput` for that request only.
@@ -60,12 +60,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from config.settings import Settings
+from config.settings import settings_config
 from serve_app.batching import Batcher, Row
 from serve_app.core.audio import SAMPLE_WIDTH, decode_audio
 from serve_app.core.voices import Catalogue, Voice, VoiceTable, is_clone_id
 from serve_app.engines.base import Engine, EngineCheck, EngineUnavailable, InvalidInput
+from serve_app.engines.spec import DeploymentDefaults, EngineContext, EngineSettings, EngineSpec
 from serve_app.stream_decode import StreamWindow, Window, to_pcm
 from serve_app.voice_store import VoiceStore
 
@@ -444,18 +446,6 @@ class ZonosEngine(Engine):
         self._load_lock = threading.Lock()
         self._ready = False
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ZonosEngine:
-        return cls(
-            model_name=settings.zonos_model,
-            device=settings.zonos_device,
-            language=settings.zonos_language,
-            speaker_audio=settings.zonos_speaker_audio,
-            voices_dir=settings.zonos_voices_dir,
-            seed=settings.zonos_seed,
-            voice_cache_size=settings.zonos_voice_cache_size,
-        )
-
     # --- dependencies and loading -------------------------------------------------------------
 
     def dependency_problem(self) -> str | None:
@@ -738,3 +728,59 @@ class ZonosEngine(Engine):
         probe = torch.ones(1, device=self.device)
         torch.cuda.synchronize(probe.device)
         float(probe.sum().item())
+
+
+class ZonosSettings(EngineSettings):
+    """`ZONOS_*`: model, device, speaker, batching and streaming (ZONOS_NUM_GPUS: GPUs per replica)."""
+
+    model_config = settings_config(env_prefix="ZONOS_")
+
+    num_gpus: float | None = Field(1.0, ge=0)
+    model: str = "Zyphra/Zonos-v0.1-hybrid"
+    device: str = "cuda"
+    language: str = "en-us"
+    speaker_audio: str | None = None
+    max_batch_size: int = Field(8, ge=1, le=64)
+    batch_wait_timeout_s: float = Field(0.02, ge=0)
+    max_queued: int = Field(32, ge=0)
+    stream_first_frames: int = Field(8, ge=1, le=512)
+    stream_chunk_frames: int = Field(32, ge=1, le=1024)
+    seed: int | None = None
+    warmup: bool = True
+    compile_decoder: bool = False
+    voice_cache_size: int = Field(64, ge=1, le=4096)
+
+
+def _build(settings: ZonosSettings, context: EngineContext) -> ZonosEngine:
+    return ZonosEngine(
+        model_name=settings.model,
+        device=settings.device,
+        language=settings.language,
+        speaker_audio=settings.speaker_audio,
+        voices_dir=context.settings.voices_dir,
+        seed=settings.seed,
+        voice_cache_size=settings.voice_cache_size,
+        max_batch_size=settings.max_batch_size,
+        batch_wait_s=settings.batch_wait_timeout_s,
+        max_queued=settings.max_queued,
+        stream_first_frames=settings.stream_first_frames,
+        stream_chunk_frames=settings.stream_chunk_frames,
+        warmup_on_start=settings.warmup,
+        compile_decoder=settings.compile_decoder,
+        catalogue=context.catalogue,
+    )
+
+
+ENGINE = EngineSpec(
+    name="zonos",
+    title="Zyphra Zonos on GPU: batched, streaming, voice cloning (the primary engine)",
+    model_id="zonos-v0.1",
+    settings=ZonosSettings,
+    build=_build,
+    voices=VOICES,
+    speed_range=SPEED_RANGE,
+    word_timing="estimated",
+    # max_ongoing_requests covers a full batch plus the engine's own queue (ZONOS_MAX_QUEUED).
+    deployment=DeploymentDefaults(num_cpus=1.0, num_gpus=1.0, max_ongoing_requests=48),
+    honours={"speed": "speaking rate", "language": "eSpeak language", "voice": "registered clones"},
+)

@@ -34,9 +34,10 @@ import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from serve_app.audio import resample_pcm
+from serve_app.core.audio import resample_pcm
+from serve_app.core.voices import Catalogue
+from serve_app.engines.edge import VOICES as EDGE_VOICES
 from serve_app.engines.flite import FliteEngine
-from serve_app.voices import gender_of, voices_for
 
 MODES = ("normal", "drop", "hang")
 SSML_NS = "{http://www.w3.org/2001/10/synthesis}"
@@ -133,7 +134,8 @@ class FakeEdgeServer:
         self.connections = 0
         self._server: Server | None = None
         self._flite = FliteEngine()
-        self.voices = {v.id for v in voices_for("edge")}
+        self.catalogue = Catalogue({"edge": EDGE_VOICES})
+        self.voices = {v.id for v in self.catalogue.voices_for("edge")}
 
     @property
     def url(self) -> str:
@@ -174,7 +176,7 @@ class FakeEdgeServer:
             return  # the client left, or `drop` cut the connection on purpose
 
     async def _speak(self, text: str, voice: str, speed: float) -> bytes:
-        flite_voice = "rms" if gender_of(voice) == "male" else "slt"
+        flite_voice = "rms" if self.catalogue.gender_of(voice) == "male" else "slt"
         pcm = b"".join([c async for c in self._flite.synthesize(text, flite_voice, speed=min(max(speed, 0.25), 4.0))])
         return resample_pcm(pcm, self._flite.sample_rate, EDGE_RATE)
 

@@ -2,8 +2,9 @@
 
 `FaultyEngine` is a real `Engine`: it streams PCM chunks at 16 kHz, and misbehaves on demand:
 error, hang before the first byte, stall after the first chunk, return nothing, fail after partial
-audio, reject the input (caller error), or recover after N seconds. Its behaviour is a `FaultPlan`
-that tests can change at run time:
+audio, reject the input (caller error), answer busy (its queue is full), or recover after N
+seconds; it can also wait in a queue first, then yield the empty admission chunk `b""`. Its
+behaviour is a `FaultPlan` that tests can change at run time:
 
 - in-process, through a `LocalControl` object the test holds;
 - in Serve (`EngineDeployment.options(name="FaultZonos").bind("tests.fakes.faulty:FaultyEngine")`),
@@ -27,12 +28,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from config.settings import Settings
-from serve_app.engines.base import Engine, EngineCheck, EngineUnavailable, InvalidInput, Voice
+from serve_app.core.errors import EngineBusy, EngineUnavailable, InvalidInput
+from serve_app.core.voices import Voice
+from serve_app.engines.base import Engine, EngineCheck
 
 SAMPLE_RATE = 16000
 BOARD_NAME = "tts-fault-board"
 BOARD_NAMESPACE = "tts-faults"
-MODES = ("ok", "error", "hang", "stall", "empty", "partial", "invalid")
+MODES = ("ok", "error", "hang", "stall", "empty", "partial", "invalid", "busy")
 
 
 @dataclass
@@ -47,6 +50,8 @@ class FaultPlan:
     chunk_ms: int = 100
     first_byte_delay_s: float = 0.0
     chunk_delay_s: float = 0.0
+    # Seconds spent queued before the engine starts; then it yields the admission marker b"".
+    queued_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -104,7 +109,7 @@ def assert_complete(runs: list[Run], text: str) -> None:
     A shorter run of a sentence is allowed only right before that sentence's full run: it is the
     audible part of an attempt that failed mid-sentence, which the next engine then restarts.
     """
-    from serve_app.text import normalize, split_sentences
+    from serve_app.core.text import normalize, split_sentences
 
     expected = [token_for(s) for s in split_sentences(normalize(text, max_chars=100_000))]
     order: list[int] = []
@@ -234,10 +239,15 @@ class FaultyEngine(Engine):
             raise InvalidInput("injected caller error")
         if mode == "error":
             raise EngineUnavailable("injected engine error")
+        if mode == "busy":
+            raise EngineBusy("injected: queue full")
         if mode == "hang":
             await asyncio.Event().wait()
         if mode == "empty":
             return
+        if plan.queued_s is not None:
+            await asyncio.sleep(plan.queued_s)
+            yield b""  # admitted: the work starts now
         if plan.first_byte_delay_s:
             await asyncio.sleep(plan.first_byte_delay_s)
         value = sample_value(text, plan.code)

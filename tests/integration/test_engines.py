@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from serve_app.audio import rms_level
+from serve_app.core.audio import rms_level
 
 if TYPE_CHECKING:
     from tests.fakes.edge_server import FakeEdgeServer

@@ -46,7 +46,7 @@ def faults(serve_port: int) -> Iterator[tuple[str, Any]]:
         )
         for slot, key in SLOTS.items()
     }
-    app = Ingress.options(ray_actor_options={"num_cpus": 0.1}).bind(**engines)
+    app = Ingress.options(ray_actor_options={"num_cpus": 0.1}).bind(engines)
     serve.run(app, name="faults", route_prefix="/faults", blocking=False)
     url = f"http://127.0.0.1:{serve_port}"
     wait_http(f"{url}/faults/health")

@@ -68,7 +68,7 @@ def build() -> Any:
         for name in ("edge", "flite")
     }
     ingress = Ingress.options(**options["Ingress"])
-    return ingress.bind(**engines, unavailable={"zonos": "not deployed in this test"})
+    return ingress.bind(engines, {"zonos": "not deployed in this test"})
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from config.settings import get_settings
-from serve_app.audio import rms_level
+from serve_app.core.audio import rms_level
 
 pytestmark = pytest.mark.integration
 

@@ -13,11 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from config.settings import Settings, load_settings
-from serve_app.api import deps
+from serve_app.api.app import create_app
 from serve_app.api.deps import AuthConfigurationError
-from serve_app.ingress import create_app
+from serve_app.engines.flite import FliteEngine
+from serve_app.router import FallbackRouter
+from serve_app.router.clients import LocalEngineClient
 from tests.support import running_app
 
 
@@ -26,9 +29,18 @@ def db_settings(database_url: str, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    async with running_app(db_settings(f"sqlite+aiosqlite:///{tmp_path}/api.db")) as (_, client):
-        yield client
+async def running(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    async with running_app(db_settings(f"sqlite+aiosqlite:///{tmp_path}/api.db")) as (app, client):
+        yield app, client
+
+
+@pytest.fixture
+def api(running: tuple[FastAPI, httpx.AsyncClient]) -> httpx.AsyncClient:
+    return running[1]
+
+
+def flite_router() -> FallbackRouter:
+    return FallbackRouter({"flite": LocalEngineClient(FliteEngine())})
 
 
 SESSION_KEYS = {
@@ -90,14 +102,14 @@ async def test_errors_are_404_and_422_in_openai_shape(api: httpx.AsyncClient) ->
     assert (await api.get(f"/v1/sessions/{sid}")).json()["status"] == "ACTIVE", "rejected bodies change nothing"
 
 
-async def test_health_db_reports_pool_and_usage_recorder_is_wired(api: httpx.AsyncClient) -> None:
+async def test_health_db_reports_pool_and_usage_recorder_is_wired(running: tuple[FastAPI, httpx.AsyncClient]) -> None:
+    app, api = running
     r = await api.get("/health/db")
     assert r.status_code == 200
     body = r.json()
     assert body["ok"] is True and body["status"] == "ok"
     assert {"size", "checked_out", "overflow"} <= body["pool"].keys()
-    services = deps.get_services()
-    recorder = services.extras["usage_recorder"]
+    recorder = app.state.services.usage
     sid = (await api.post("/v1/sessions", json={"room": "u"})).json()["id"]
     await recorder(sid, characters=11, audio_seconds=0.75, engines={"flite": 2}, ttfb_s=0.05, ok=True, elapsed_s=0.2)
     await recorder("unknown", characters=1, audio_seconds=0.1, engines={}, ttfb_s=None, ok=True, elapsed_s=0.1)
@@ -129,9 +141,13 @@ def test_production_without_api_keys_refuses_to_build(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/prod.db"
     origins = "https://app.example.com"
     with pytest.raises(AuthConfigurationError, match="API_KEYS"):
-        create_app(load_settings(_env_file=None, env="production", database_url=url, cors_allowed_origins=origins))
+        create_app(
+            load_settings(_env_file=None, env="production", database_url=url, cors_allowed_origins=origins),
+            flite_router(),
+        )
     app = create_app(
-        load_settings(_env_file=None, env="production", database_url=url, cors_allowed_origins=origins, api_keys="k")
+        load_settings(_env_file=None, env="production", database_url=url, cors_allowed_origins=origins, api_keys="k"),
+        flite_router(),
     )
     paths = app.openapi()["paths"]
     assert "/v1/sessions" in paths and "/v1/sessions/{session_id}/finalize" in paths

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serve_app.audio import decode_audio, rms_level
+from serve_app.core.audio import decode_audio, rms_level
 
 pytestmark = pytest.mark.integration
 

@@ -1,10 +1,12 @@
-"""Voice cloning end to end, and Zonos batching, through Serve with ZonosDeployment on CPU.
+"""Voice cloning end to end, and Zonos batching, through Serve with the Zonos engine on CPU.
 
 A second application ("zonos-cpu", at /zonos-cpu) runs in the test cluster: the real `Ingress`
-and the real `ZonosDeployment` (model load, warm-up, `@serve.batch`), with ZONOS_DEVICE=cpu,
-ZONOS_NUM_GPUS=0, and tests/fakes on the replicas' PYTHONPATH so `import zonos` finds the test
-double there, and only there. Uploads go to the ingress, which stores them in ZONOS_VOICES_DIR;
-the Zonos replica reads the clip from there and computes (and caches) the speaker embedding.
+and the real engine deployment (model load, warm-up, the engine's own batching), with
+ZONOS_DEVICE=cpu, ZONOS_NUM_GPUS=0, and tests/fakes on the replicas' PYTHONPATH so `import zonos`
+finds the test double there, and only there (tests/unit/test_zonos_real.py and
+tests/integration/test_zonos_serve.py run the real library). Uploads go to the ingress, which
+stores them in VOICES_DIR; the Zonos replica reads the clip from there and computes (and caches)
+the speaker embedding.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serve_app.audio import rms_level, wav_header
+from serve_app.core.audio import rms_level, wav_header
 from tests.conftest import wait_http
 
 pytestmark = pytest.mark.integration
@@ -34,7 +36,7 @@ ZONOS_RATE = 44_100
 def zonos_url(serve_port: int) -> Iterator[str]:
     from ray import serve
 
-    from serve_app.engines.zonos_deployment import ZonosDeployment
+    from serve_app.deployments import EngineDeployment
     from serve_app.ingress import Ingress
 
     env = {
@@ -47,8 +49,10 @@ def zonos_url(serve_port: int) -> Iterator[str]:
         "PYTHONPATH": os.pathsep.join(p for p in (str(FAKES), os.environ.get("PYTHONPATH")) if p),
     }
     options = {"num_cpus": 0.1, "runtime_env": {"env_vars": env}}
-    zonos = ZonosDeployment.options(ray_actor_options=options).bind()
-    app = Ingress.options(ray_actor_options=options).bind(zonos=zonos)
+    zonos = EngineDeployment.options(name="ZonosEngine", max_ongoing_requests=48, ray_actor_options=options).bind(
+        "zonos"
+    )
+    app = Ingress.options(ray_actor_options=options).bind({"zonos": zonos})
     serve.run(app, name="zonos-cpu", route_prefix=PREFIX, blocking=False)
     url = f"http://127.0.0.1:{serve_port}{PREFIX}"
     wait_http(f"{url}/health")

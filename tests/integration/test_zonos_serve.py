@@ -1,6 +1,6 @@
 """The batching host in a real Serve application, with the real Zonos library (small random model, CPU).
 
-`BatchingEngineHost` is deployed with an engine factory (`bench.zonos_random.small_engine`: the
+`EngineHost` is deployed with an engine factory (`bench.zonos_random.small_engine`: the
 upstream `Zonos` class at a small size with random weights, built inside the replica), and called
 through a Serve handle the way the router calls engines: streaming `synthesize`, `check`, `info`,
 `check_health`. The replica loads and warms up before it serves; concurrent requests share a
@@ -40,10 +40,10 @@ def host(serve_port: int) -> Iterator[Any]:
     from ray import serve
 
     from bench.zonos_random import small_engine
-    from serve_app.batching_host import BatchingEngineDeployment
+    from serve_app.deployments import EngineDeployment
 
     factory = functools.partial(small_engine, max_batch_size=4, batch_wait_s=0.3)
-    app = BatchingEngineDeployment.options(name="ZonosSmall", ray_actor_options={"num_cpus": 0.1}).bind(factory)
+    app = EngineDeployment.options(name="ZonosSmall", ray_actor_options={"num_cpus": 0.1}).bind(factory)
     handle = serve.run(app, name=APP, route_prefix=None, blocking=False)
     try:
         yield handle

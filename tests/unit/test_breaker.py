@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from serve_app.core.breaker import BreakerConfig, BreakerState, CircuitBreaker
 
 
 class FakeClock:

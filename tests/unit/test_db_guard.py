@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 from sqlalchemy import exc as sa_exc
 
-from serve_app.breaker import BreakerState
+from serve_app.core.breaker import BreakerState
 from serve_app.db.guard import DatabaseGuard, DatabaseUnavailable, is_outage
 
 

@@ -1,4 +1,4 @@
-"""The drain bookkeeping without Ray: ledger (flag, acknowledgements, expiry), watcher, middleware."""
+"""The drain bookkeeping without Ray: tally (flag, acknowledgements, expiry), watcher, middleware."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
-from serve_app import drain
-from serve_app.drain import DrainLedger, DrainWatcher, InFlightCounter
+from serve_app.api.middleware import InFlightCounter
+from serve_app.drain.coordinator import DrainTally
+from serve_app.drain.replica import DrainWatcher, ReplicaDrain
 
 
 class Clock:
@@ -21,70 +22,66 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(autouse=True)
-def replica_state() -> Any:
-    drain._ReplicaState.in_flight = 0
-    drain._ReplicaState.draining = False
-    yield drain._ReplicaState
-    drain._ReplicaState.in_flight = 0
-    drain._ReplicaState.draining = False
+@pytest.fixture
+def replica_state() -> ReplicaDrain:
+    return ReplicaDrain()
 
 
 def test_not_drained_until_requested() -> None:
-    ledger = DrainLedger()
-    ledger.report("r1", 0, acked=False)
-    assert not ledger.status().drained
+    tally = DrainTally()
+    tally.report("r1", 0, acked=False)
+    assert not tally.status().drained
 
 
 def test_drained_needs_every_replica_to_count_with_the_flag_set() -> None:
-    ledger = DrainLedger(clock=Clock())
-    assert ledger.report("r1", 0, acked=False) is False
-    ledger.request_drain()
+    tally = DrainTally(clock=Clock())
+    assert tally.report("r1", 0, acked=False) is False
+    tally.request_drain()
     # r1's last count was made before it knew: a request admitted meanwhile would be missing.
-    assert ledger.status().unacked == 1 and not ledger.status().drained
-    assert ledger.report("r1", 2, acked=True) is True
-    assert ledger.status().in_flight == 2 and not ledger.status().drained
-    ledger.report("r1", 0, acked=True)
-    assert ledger.status().drained
+    assert tally.status().unacked == 1 and not tally.status().drained
+    assert tally.report("r1", 2, acked=True) is True
+    assert tally.status().in_flight == 2 and not tally.status().drained
+    tally.report("r1", 0, acked=True)
+    assert tally.status().drained
 
 
 def test_counts_add_up_over_replicas() -> None:
-    ledger = DrainLedger(clock=Clock())
-    ledger.request_drain()
-    ledger.report("r1", 1, acked=True)
-    ledger.report("r2", 3, acked=True)
-    status = ledger.status()
+    tally = DrainTally(clock=Clock())
+    tally.request_drain()
+    tally.report("r1", 1, acked=True)
+    tally.report("r2", 3, acked=True)
+    status = tally.status()
     assert (status.in_flight, status.replicas) == (4, 2)
-    ledger.report("r2", 0, acked=True)
-    assert not ledger.status().drained
-    ledger.report("r1", 0, acked=True)
-    assert ledger.status().drained
+    tally.report("r2", 0, acked=True)
+    assert not tally.status().drained
+    tally.report("r1", 0, acked=True)
+    assert tally.status().drained
 
 
 def test_a_dead_replicas_count_expires() -> None:
     clock = Clock()
-    ledger = DrainLedger(stale_after_s=5.0, clock=clock)
-    ledger.request_drain()
-    ledger.report("dead", 3, acked=True)
+    tally = DrainTally(stale_after_s=5.0, clock=clock)
+    tally.request_drain()
+    tally.report("dead", 3, acked=True)
     clock.now += 3.0
-    ledger.report("alive", 0, acked=True)
-    assert ledger.status().in_flight == 3
+    tally.report("alive", 0, acked=True)
+    assert tally.status().in_flight == 3
     clock.now += 2.5  # "dead" last reported 5.5 s ago, "alive" 2.5 s ago
-    status = ledger.status()
+    status = tally.status()
     assert (status.in_flight, status.replicas, status.drained) == (0, 1, True)
 
 
 def test_no_replica_known_is_drained_once_requested() -> None:
-    ledger = DrainLedger()
-    ledger.request_drain()
-    assert ledger.status().drained
+    tally = DrainTally()
+    tally.request_drain()
+    assert tally.status().drained
 
 
 class FakeCoordinator:
     """Stands for the actor handle: `report.remote(...)` returns an awaitable like an ObjectRef."""
 
-    def __init__(self, ledger: DrainLedger, fail: bool = False) -> None:
-        self.ledger = ledger
+    def __init__(self, tally: DrainTally, fail: bool = False) -> None:
+        self.tally = tally
         self.fail = fail
         self.report = self
 
@@ -92,32 +89,32 @@ class FakeCoordinator:
         async def call() -> bool:
             if self.fail:
                 raise ConnectionError("coordinator gone")
-            return self.ledger.report(replica_id, in_flight, acked)
+            return self.tally.report(replica_id, in_flight, acked)
 
         return call()
 
 
-async def test_watcher_reports_picks_up_the_flag_and_acknowledges(replica_state: Any) -> None:
-    ledger = DrainLedger()
-    coordinator = FakeCoordinator(ledger)
+async def test_watcher_reports_picks_up_the_flag_and_acknowledges(replica_state: ReplicaDrain) -> None:
+    tally = DrainTally()
+    coordinator = FakeCoordinator(tally)
 
     async def lookup() -> Any:
         return coordinator
 
-    watcher = DrainWatcher("r1", lookup=lookup)
+    watcher = DrainWatcher("r1", replica_state, lookup=lookup)
     replica_state.in_flight = 2
     await watcher.tick()
-    assert ledger.status().in_flight == 2 and not drain.is_draining()
-    ledger.request_drain()
+    assert tally.status().in_flight == 2 and not replica_state.draining
+    tally.request_drain()
     await watcher.tick()
-    assert drain.is_draining()
-    assert ledger.status().unacked == 1  # that count was taken before the flag arrived
+    assert replica_state.draining
+    assert tally.status().unacked == 1  # that count was taken before the flag arrived
     replica_state.in_flight = 0
     await watcher.tick()
-    assert ledger.status().drained
+    assert tally.status().drained
 
 
-async def test_watcher_without_coordinator_never_drains_and_retries_later(replica_state: Any) -> None:
+async def test_watcher_without_coordinator_never_drains_and_retries_later(replica_state: ReplicaDrain) -> None:
     lookups = 0
 
     async def lookup() -> Any:
@@ -125,25 +122,25 @@ async def test_watcher_without_coordinator_never_drains_and_retries_later(replic
         lookups += 1
         return None
 
-    watcher = DrainWatcher("r1", lookup=lookup)
+    watcher = DrainWatcher("r1", replica_state, lookup=lookup)
     for _ in range(5):
         await watcher.tick()
     assert lookups == 1  # looked up again only after LOOKUP_RETRY_S
-    assert not drain.is_draining()
+    assert not replica_state.draining
 
 
-async def test_watcher_forgets_a_failing_coordinator(replica_state: Any) -> None:
-    coordinator = FakeCoordinator(DrainLedger(), fail=True)
+async def test_watcher_forgets_a_failing_coordinator(replica_state: ReplicaDrain) -> None:
+    coordinator = FakeCoordinator(DrainTally(), fail=True)
 
     async def lookup() -> Any:
         return coordinator
 
-    watcher = DrainWatcher("r1", lookup=lookup)
+    watcher = DrainWatcher("r1", replica_state, lookup=lookup)
     await watcher.tick()
-    assert watcher._handle is None and not drain.is_draining()
+    assert watcher._handle is None and not replica_state.draining
 
 
-async def test_in_flight_counter_spans_the_whole_streamed_body(replica_state: Any) -> None:
+async def test_in_flight_counter_spans_the_whole_streamed_body(replica_state: ReplicaDrain) -> None:
     seen: list[int] = []
     app = FastAPI()
 
@@ -151,14 +148,14 @@ async def test_in_flight_counter_spans_the_whole_streamed_body(replica_state: An
     async def stream() -> StreamingResponse:
         async def body() -> Any:
             for _ in range(3):
-                seen.append(drain.in_flight())  # still counted while the body is being sent
+                seen.append(replica_state.in_flight)  # still counted while the body is being sent
                 yield b"x"
 
         return StreamingResponse(body())
 
-    app.add_middleware(InFlightCounter)
+    app.add_middleware(InFlightCounter, drain=replica_state)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         response = await client.get("/stream")
     assert response.content == b"xxx"
     assert seen == [1, 1, 1]
-    assert drain.in_flight() == 0
+    assert replica_state.in_flight == 0

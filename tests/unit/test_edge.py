@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from serve_app.audio import rms_level
-from serve_app.engine_client import LocalEngineClient
+from serve_app.core.audio import rms_level
 from serve_app.engines.base import EngineTimeout, EngineUnavailable, InvalidInput
 from serve_app.engines.edge import EdgeEngine, Mp3StreamDecoder, edge_rate
 from serve_app.engines.flite import FliteEngine
 from serve_app.router import FallbackRouter, RouterConfig, SpeechRequest
+from serve_app.router.clients import LocalEngineClient
 from tests.fakes.edge_server import FakeEdgeServer, encode_mp3
 
 RATE = EdgeEngine.sample_rate

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.audio import pcm_duration, rms_level
+from serve_app.core.audio import pcm_duration, rms_level
+from serve_app.engines import registry
 from serve_app.engines.base import EngineUnavailable, InvalidInput
 from serve_app.engines.flite import FliteBinary, FliteEngine
 
@@ -40,7 +41,7 @@ async def test_speed_and_8khz_voice_are_normalised() -> None:
 
 
 async def test_voices_map_openai_names_and_reject_unknown() -> None:
-    engine = FliteEngine()
+    engine = FliteEngine(catalogue=registry.catalogue())  # the whole catalogue, as the registry builds it
     assert engine.resolve_voice("onyx") == "rms"
     assert engine.resolve_voice("en-US-AriaNeural") == "slt"  # another engine's female voice
     assert engine.resolve_voice(None) == "slt"

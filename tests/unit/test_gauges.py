@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
-from config.settings import load_settings
 from serve_app import gauges
-from serve_app.api.deps import Services
-from serve_app.breaker import BreakerState
-from serve_app.engine_client import LocalEngineClient, UnavailableEngineClient
+from serve_app.core.breaker import BreakerState
 from serve_app.engines.flite import FliteEngine
 from serve_app.router import FallbackRouter, RouterConfig
+from serve_app.router.clients import LocalEngineClient, UnavailableEngineClient
 
 
 class RecordingGauge:
@@ -45,17 +42,22 @@ async def test_refresher_republishes_breaker_and_pool_gauges(monkeypatch: pytest
     )
     gauge = RecordingGauge()
     router.metrics._breaker = gauge  # type: ignore[attr-defined]
-    services: Any = Services(settings=load_settings(_env_file=None), router=router, database=FakeDatabase())
-    stop = await gauges.gauge_refresher(services)
-    await asyncio.sleep(0.1)
-    await stop()
+    database = FakeDatabase()
+    async with gauges.refreshing(router, database):
+        await asyncio.sleep(0.1)
     by_engine = {tags["engine"]: value for value, tags in gauge.values}
     assert by_engine == {"zonos": 2.0, "flite": 0.0}  # open, closed
     assert sum(1 for _, tags in gauge.values if tags["engine"] == "flite") >= 3  # repeated, not once
-    assert services.database.monitor.published >= 3
+    assert database.monitor.published >= 3
     assert router.breaker("zonos").state is BreakerState.OPEN
     await router.aclose()
 
 
-def test_publish_once_survives_a_missing_database() -> None:
-    gauges.publish_once(Services(settings=load_settings(_env_file=None)))
+async def test_publish_once_survives_a_missing_database() -> None:
+    router = FallbackRouter({"flite": LocalEngineClient(FliteEngine())})
+    gauge = RecordingGauge()
+    router.metrics._breaker = gauge  # type: ignore[attr-defined]
+    gauges.publish_once(router, None)
+    assert gauge.values == [(0.0, {"engine": "flite"})]  # the router's gauges still went out
+    gauges.publish_once(None, None)  # nothing to publish at all is fine too
+    await router.aclose()

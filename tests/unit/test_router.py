@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from serve_app.breaker import BreakerState
-from serve_app.engine_client import LocalEngineClient, UnavailableEngineClient
+from serve_app.core.breaker import BreakerState
+from serve_app.core.errors import AllEnginesFailed, EnginesBusy, UnknownEngine
 from serve_app.engines.base import InvalidInput
-from serve_app.router import AllEnginesFailed, FallbackRouter, RouterConfig, SpeechRequest, UnknownEngine
+from serve_app.router import FallbackRouter, RouterConfig, SpeechRequest
+from serve_app.router.clients import LocalEngineClient, UnavailableEngineClient
 from tests.fakes.faulty import (
     SAMPLE_RATE,
     FaultPlan,
@@ -336,13 +337,65 @@ async def test_per_engine_limits_override_the_global_budgets() -> None:
         await rig.router.aclose()
 
 
+async def test_a_busy_engine_is_not_a_strike_the_sentence_goes_on(rig: Rig) -> None:
+    rig.plan("zonos", mode="busy")
+    for i in range(5):
+        runs = await rig.speak(f"Busy primary {i}.")
+        assert [r.code for r in runs] == [1]  # edge spoke it
+    breaker = rig.router.breaker("zonos")
+    assert breaker.state is BreakerState.CLOSED and breaker.total_strikes == 0
+    status = {e["name"]: e for e in await rig.router.engines_status()}
+    assert status["zonos"]["busy_skips"] == 5 and status["zonos"]["failures"] == 0
+
+
+async def test_only_busy_answers_end_in_engines_busy_without_strikes(rig: Rig) -> None:
+    for name in CHAIN:
+        rig.plan(name, mode="busy")
+    with pytest.raises(EnginesBusy) as info:
+        await rig.speak("Everyone is full.")
+    assert info.value.status == 503 and info.value.retry_after_s
+    assert all(rig.router.breaker(n).total_strikes == 0 for n in CHAIN)
+
+
+async def test_the_admission_marker_restarts_the_first_byte_timer(rig: Rig) -> None:
+    # 0.2 s queued, then b"", then 0.2 s to the first audio: 0.4 s in all, over the 0.3 s budget,
+    # but the engine's own latency (from the marker) is inside it.
+    rig.plan("zonos", queued_s=0.2, first_byte_delay_s=0.2)
+    runs = await rig.speak("Queued, then quick.")
+    assert [r.code for r in runs] == [0]
+    assert rig.router.breaker("zonos").total_strikes == 0
+    # Without the marker the same wait is the engine's: a first-byte timeout, and a strike.
+    rig.plan("zonos", first_byte_delay_s=0.4)
+    runs = await rig.speak("Slow without a marker.")
+    assert [r.code for r in runs] == [1]
+    assert (rig.router.breaker("zonos").last_error or "").startswith("FirstByteTimeout")
+
+
+async def test_speed_must_fit_every_engine_the_request_may_reach() -> None:
+    rig = Rig(speed_ranges={"zonos": (0.25, 4.0), "edge": (0.5, 2.0), "flite": (0.25, 4.0)})
+    try:
+        with pytest.raises(InvalidInput, match="speed"):
+            await rig.speak("Too fast for edge.", speed=3.0)
+        assert all(rig.controls[n].calls() == 0 for n in CHAIN)  # refused before any engine ran
+        runs = await rig.speak("Pinned to flite.", speed=3.0, engine="flite")  # edge cannot be reached
+        assert [r.code for r in runs] == [2]
+        with pytest.raises(InvalidInput, match="speed"):
+            await rig.speak("Pinned to edge.", speed=3.0, engine="edge")
+    finally:
+        await rig.router.aclose()
+
+
 def test_router_config_reads_per_engine_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from config.settings import load_settings
+    from serve_app.engines import registry
+    from serve_app.router import router_config
 
     monkeypatch.setenv("ENV_FILE", "/nonexistent/.env")
     monkeypatch.setenv("ZONOS_TTFB_TIMEOUT_S", "12")
     monkeypatch.setenv("EDGE_CONCURRENCY", "5")
-    config = RouterConfig.from_settings(load_settings(_env_file=None))
+    config = router_config(load_settings(_env_file=None))
     assert config.limits_for("zonos").ttfb_timeout_s == 12.0
     assert config.limits_for("edge").concurrency == 5
     assert config.limits_for("flite").ttfb_timeout_s == config.ttfb_timeout_s
+    # The speed range each engine declares is what the router checks requests against.
+    assert config.speed_ranges == {name: spec.speed_range for name, spec in registry.specs().items()}

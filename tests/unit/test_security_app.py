@@ -19,11 +19,11 @@ from fastapi import FastAPI
 
 from config.cors import CorsConfigurationError
 from config.settings import Settings, get_settings, load_settings
+from serve_app.api.app import create_app
 from serve_app.api.deps import AuthConfigurationError
-from serve_app.engine_client import LocalEngineClient
-from serve_app.engines.flite import FliteEngine
-from serve_app.ingress import create_app
-from serve_app.router import FallbackRouter, RouterConfig
+from serve_app.engines import registry
+from serve_app.router import FallbackRouter, compose_router
+from serve_app.router.clients import LocalEngineClient
 from tests.support import running_app
 
 ORIGIN = "https://app.example.com"
@@ -34,15 +34,19 @@ SPEECH = {"model": "tts-1", "voice": "alloy", "input": "Hello there.", "response
 
 def app_settings(tmp_path: Path, **overrides: Any) -> Settings:
     overrides.setdefault("database_url", f"sqlite+aiosqlite:///{tmp_path}/security.db")
-    overrides.setdefault("zonos_voices_dir", str(tmp_path / "voices"))
+    overrides.setdefault("voices_dir", str(tmp_path / "voices"))
     overrides.setdefault("env", "test")
     return load_settings(_env_file=None, **overrides)
 
 
+def flite_router(settings: Settings) -> FallbackRouter:
+    """The router as the ingress composes it, over an in-process FliteEngine built by the registry."""
+    return compose_router(settings, {"flite": LocalEngineClient(registry.build_engine("flite", settings))})
+
+
 def inprocess_app(settings: Settings) -> contextlib.AbstractAsyncContextManager[tuple[FastAPI, httpx.AsyncClient]]:
     """The real app with its lifespan, speech served by a router over an in-process FliteEngine."""
-    router = FallbackRouter({"flite": LocalEngineClient(FliteEngine())}, RouterConfig.from_settings(settings))
-    return running_app(settings, router)
+    return running_app(settings, flite_router(settings))
 
 
 def assert_openai_error(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -56,8 +60,9 @@ def assert_openai_error(response: httpx.Response, status: int) -> dict[str, Any]
 
 
 def test_create_app_in_production_without_cors_origins_refuses_with_a_clear_message(tmp_path: Path) -> None:
+    settings = app_settings(tmp_path, env="production", api_keys=KEY)
     with pytest.raises(CorsConfigurationError, match="CORS_ALLOWED_ORIGINS must be set when ENV=production"):
-        create_app(app_settings(tmp_path, env="production", api_keys=KEY))
+        create_app(settings, flite_router(settings))
 
 
 @pytest.fixture

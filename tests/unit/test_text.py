@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from serve_app.core.text import normalize, split_sentences
 from serve_app.engines.base import InvalidInput
-from serve_app.text import normalize, split_sentences
 
 
 def test_splits_on_sentence_ends_and_keeps_abbreviations() -> None:

@@ -81,7 +81,7 @@ def dominant_hz(pcm: bytes) -> float:
 
 
 def test_module_imports_without_torch_or_zonos() -> None:
-    code = "import sys, serve_app.engines.zonos, serve_app.batching_host; print('torch' in sys.modules)"
+    code = "import sys, serve_app.engines.zonos, serve_app.deployments; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -311,9 +311,9 @@ def test_warmup_speaks_one_sentence_and_can_be_turned_off(tmp_path: Path, zonos_
 
 
 async def test_batching_host_loads_warms_up_and_streams(tmp_path: Path, zonos_double: None) -> None:
-    from serve_app.batching_host import BatchingEngineHost
+    from serve_app.deployments import EngineHost
 
-    host = BatchingEngineHost(lambda: engine(tmp_path))
+    host = EngineHost(lambda: engine(tmp_path))
     status = await host.check()
     assert status["available"] and status["details"]["loaded"]
     assert status["details"]["batching"]["batches"] == 1  # the warm-up ran before any request
@@ -321,5 +321,5 @@ async def test_batching_host_loads_warms_up_and_streams(tmp_path: Path, zonos_do
     chunks = [c async for c in host.synthesize("Hosted and batched.", "alloy", None, 1.0)]
     assert chunks[0] == b"" and rms_level(b"".join(chunks)) > 1000
     await host.check_health()
-    with pytest.raises(TypeError, match="batching engine contract"):
-        BatchingEngineHost(lambda: object())
+    with pytest.raises(TypeError, match="is not an Engine"):
+        EngineHost(lambda: object())  # type: ignore[arg-type, return-value]

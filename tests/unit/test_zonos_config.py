@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from config.settings import load_settings
+from serve_app.engines.zonos import ZonosSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,10 +32,10 @@ def test_gpu_config_adds_an_autoscaled_batched_zonos_deployment() -> None:
     assert 1 <= scaling["min_replicas"] <= scaling["max_replicas"]
     assert 0 < scaling["target_ongoing_requests"] <= zonos["max_ongoing_requests"]
     env = gpu["applications"][0]["runtime_env"]["env_vars"]
-    settings = load_settings(**{k.lower(): v for k, v in env.items() if k.startswith("ZONOS_")})
-    assert settings.zonos_device == "cuda" and settings.zonos_num_gpus >= 1
-    # A replica must be allowed enough requests in flight to fill a batch.
-    assert zonos["max_ongoing_requests"] >= settings.zonos_max_batch_size
+    settings = ZonosSettings(_env_file=None, **{k.lower()[6:]: v for k, v in env.items() if k.startswith("ZONOS_")})
+    assert settings.device == "cuda" and (settings.num_gpus or 0) >= 1
+    # A replica must be allowed enough requests in flight to fill a batch and the engine's queue.
+    assert zonos["max_ongoing_requests"] >= settings.max_batch_size + settings.max_queued
 
 
 def test_gpu_config_matches_the_cpu_config_elsewhere() -> None:

@@ -2,7 +2,7 @@
 
 The router only sees `EngineClient`. In the cluster each engine is a Serve deployment reached via
 its handle (streaming); tests and the benchmarks can compose the same router over local engines;
-an engine that is not deployed (Zonos on a CPU-only cluster) is an `UnavailableEngineClient` that
+an engine that is not deployed (a GPU engine on a CPU-only cluster) is an `UnavailableEngineClient` that
 reports why.
 """
 
@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
-from serve_app.engines.base import Engine, EngineCheck, EngineUnavailable, Voice
+from serve_app.core.errors import EngineUnavailable
+from serve_app.core.voices import Voice
+from serve_app.engines.base import Engine, EngineCheck
 
 
 @runtime_checkable
@@ -130,3 +132,14 @@ class UnavailableEngineClient:
 
     async def check(self) -> EngineCheck:
         return EngineCheck(self.name, False, self.reason)
+
+
+def clients_from_handles(handles: dict[str, Any], unavailable: dict[str, str]) -> dict[str, EngineClient]:
+    """Router clients: deployed engines via their handles, unusable ones with the reason (which wins)."""
+    clients: dict[str, EngineClient] = {
+        name: UnavailableEngineClient(name, reason) for name, reason in unavailable.items()
+    }
+    for name, handle in handles.items():
+        if handle is not None and name not in clients:
+            clients[name] = HandleEngineClient(name, handle)
+    return clients

@@ -10,10 +10,12 @@ What it does, and why:
 - Each sentence walks the chain. Engines whose breaker is open are skipped at no cost. A strike is
   an engine error, no first byte within `ttfb_timeout_s`, a stall between chunks longer than
   `stall_timeout_s`, or a stream with no audio at all. `max_strikes` consecutive strikes open the
-  breaker (`serve_app.breaker`).
-- Recovery never waits for user traffic: a background task owned by the router (started lazily on
-  the running loop, stopped by `aclose()`) wakes when a cooldown ends and sends one short fixed
-  phrase to the engine. Success closes the breaker; failure reopens it with a doubled cooldown.
+  breaker (`serve_app.core.breaker`).
+- Recovery never waits for user traffic (`recovery.py`): a background task probes an open engine
+  with a fixed phrase when its cooldown ends.
+- A busy engine is not a broken one: an `EngineBusy` answer (the engine's queue is full) moves the
+  sentence on without a strike, and an engine that signals it has started the work (an empty first
+  chunk) gets its first-byte budget from that moment, so time spent queued is never a timeout.
 - Failover happens at sentence boundaries and mid-sentence: if an engine fails after sending part
   of a sentence, the next engine speaks that sentence again from its start (audio of the failed
   attempt that the caller has not read yet is discarded). No sentence is ever dropped: it is
@@ -36,161 +38,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from config.logging import truncate
-from config.settings import Settings
-from serve_app.audio import StreamResampler
-from serve_app.breaker import BreakerConfig, BreakerState, CircuitBreaker
-from serve_app.engine_client import EngineClient
-from serve_app.engines.base import EngineCheck, EngineTimeout, EngineUnavailable, InvalidInput, TTSError
+from serve_app.core.audio import StreamResampler
+from serve_app.core.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from serve_app.core.errors import (
+    AllEnginesFailed,
+    EmptyAudio,
+    EngineBusy,
+    EnginesBusy,
+    FirstByteTimeout,
+    InvalidInput,
+    StallTimeout,
+    UnknownEngine,
+    reason_of,
+)
+from serve_app.core.text import normalize, split_sentences
+from serve_app.engines.base import EngineCheck
 from serve_app.metrics import RouterMetrics
-from serve_app.text import normalize, split_sentences
+from serve_app.router.admission import CapacitySignal, Limiter
+from serve_app.router.clients import EngineClient
+from serve_app.router.recovery import Recovery
+from serve_app.router.status import EngineSlot, engine_status
+from serve_app.router.types import AudioChunk, RouterConfig, SpeechRequest
 
 logger = logging.getLogger(__name__)
-
-
-class AllEnginesFailed(TTSError):
-    """No engine in the chain could speak a sentence; `retry_after_s` hints when one may be back."""
-
-    code = "all_engines_failed"
-
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class EnginesBusy(AllEnginesFailed):
-    """Every candidate engine stayed at its concurrency limit for the whole queueing budget."""
-
-    code = "engines_busy"
-
-
-class UnknownEngine(InvalidInput):
-    """A request pinned an engine that is not in the chain."""
-
-
-class FirstByteTimeout(EngineTimeout):
-    """No audio within the time-to-first-byte budget (a strike)."""
-
-
-class StallTimeout(EngineTimeout):
-    """Audio started, then stopped for longer than the stall budget (a strike)."""
-
-
-class EmptyAudio(EngineUnavailable):
-    """The engine ended its stream without any audio (a strike)."""
-
-
-@dataclass(frozen=True)
-class EngineLimits:
-    """Per-engine budgets; a GPU model and a local binary rarely deserve the same timeouts."""
-
-    ttfb_timeout_s: float
-    stall_timeout_s: float
-    concurrency: int
-
-
-@dataclass(frozen=True)
-class RouterConfig:
-    chain: tuple[str, ...] = ("zonos", "edge", "flite")
-    max_strikes: int = 3
-    cooldown_s: float = 5.0
-    max_cooldown_s: float = 120.0
-    ttfb_timeout_s: float = 8.0
-    stall_timeout_s: float = 8.0
-    engine_concurrency: int = 64
-    sentence_max_chars: int = 250
-    lookahead: int = 2
-    max_input_chars: int = 4096
-    probe_text: str = "Probe."
-    status_timeout_s: float = 2.0
-    # Overrides per engine name; engines not listed use the three values above.
-    engine_limits: dict[str, EngineLimits] = field(default_factory=dict)
-
-    def limits_for(self, engine: str) -> EngineLimits:
-        return self.engine_limits.get(
-            engine, EngineLimits(self.ttfb_timeout_s, self.stall_timeout_s, self.engine_concurrency)
-        )
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> RouterConfig:
-        return cls(
-            chain=tuple(s.tts_engine_chain),
-            max_strikes=s.tts_max_strikes,
-            cooldown_s=s.tts_breaker_cooldown_s,
-            max_cooldown_s=s.tts_breaker_max_cooldown_s,
-            ttfb_timeout_s=s.tts_ttfb_timeout_s,
-            stall_timeout_s=s.tts_stall_timeout_s,
-            engine_concurrency=s.tts_engine_concurrency,
-            sentence_max_chars=s.tts_sentence_max_chars,
-            lookahead=s.tts_lookahead_sentences,
-            max_input_chars=s.max_input_chars,
-            probe_text=s.tts_probe_text,
-            engine_limits={
-                name: EngineLimits(
-                    ttfb_timeout_s=getattr(s, f"{name}_ttfb_timeout_s") or s.tts_ttfb_timeout_s,
-                    stall_timeout_s=getattr(s, f"{name}_stall_timeout_s") or s.tts_stall_timeout_s,
-                    concurrency=getattr(s, f"{name}_concurrency") or s.tts_engine_concurrency,
-                )
-                for name in ("zonos", "edge", "flite")
-            },
-        )
-
-
-@dataclass
-class SpeechRequest:
-    text: str
-    voice: str | None = None
-    language: str | None = None
-    speed: float = 1.0
-    sample_rate: int = 24000  # 0: the engine's own rate (probes)
-    engine: str | None = None
-
-
-@dataclass
-class AudioChunk:
-    """PCM at the requested rate, tagged with the engine that made it and its sentence index."""
-
-    pcm: bytes
-    engine: str
-    sentence: int
-
-
-class _Limiter:
-    """Concurrency slots of one engine. Never blocks: a full engine is skipped, not waited on."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_use = 0
-
-    def try_acquire(self) -> bool:
-        if self.in_use >= self.limit:
-            return False
-        self.in_use += 1
-        return True
-
-    def release(self) -> None:
-        self.in_use -= 1
-
-
-@dataclass
-class _EngineSlot:
-    name: str
-    client: EngineClient
-    breaker: CircuitBreaker
-    limiter: _Limiter
-    limits: EngineLimits
-    requests: int = 0
-    failures: int = 0
-    busy_skips: int = 0
-    ttfbs: deque[float] = field(default_factory=lambda: deque(maxlen=512))
 
 
 @dataclass
@@ -228,26 +105,6 @@ class _RequestState:
     avoid: set[str] = field(default_factory=set)
 
 
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def _ms(value: float | None) -> float | None:
-    return None if value is None else round(value * 1000, 2)
-
-
-def _reason(exc: BaseException) -> str:
-    """Short `Type: message` of an engine error; Ray's wrapper (`RayTaskError.cause`) is unwrapped."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException):
-        exc = cause
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-
-
 def _sentence_sink(job: _SentenceJob, engine: str) -> Callable[[bytes], None]:
     """Where one attempt's PCM goes: the sentence's buffer, tagged with the engine."""
 
@@ -278,22 +135,19 @@ class FallbackRouter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config or RouterConfig()
-        chain = [name for name in self.config.chain if name in clients]
+        chain = [name for name in self.config.chain if name in clients] if self.config.chain else list(clients)
         if not chain:
             raise ValueError("the router needs at least one engine from the chain")
         breaker_config = BreakerConfig(self.config.max_strikes, self.config.cooldown_s, self.config.max_cooldown_s)
         self.chain = tuple(chain)
         self.metrics = RouterMetrics()
-        self._slots: dict[str, _EngineSlot] = {}
+        self._slots: dict[str, EngineSlot] = {}
         for name in chain:
             breaker = CircuitBreaker(breaker_config, clock=clock, on_change=self._listener(name))
             limits = self.config.limits_for(name)
-            self._slots[name] = _EngineSlot(name, clients[name], breaker, _Limiter(limits.concurrency), limits)
-        self._wake = asyncio.Event()
-        self._capacity_waiters: list[asyncio.Future[None]] = []
-        self._probe_loop_task: asyncio.Task[None] | None = None
-        self._probes: dict[str, asyncio.Task[None]] = {}
-        self._closed = False
+            self._slots[name] = EngineSlot(name, clients[name], breaker, Limiter(limits.concurrency), limits)
+        self._capacity = CapacitySignal()
+        self._recovery = Recovery(self._slots, self._probe_attempt)
         for name in chain:
             client = clients[name]
             if not client.deployed:
@@ -309,8 +163,9 @@ class FallbackRouter:
         text = normalize(request.text, max_chars=self.config.max_input_chars)
         if request.engine is not None and request.engine not in self._slots:
             raise UnknownEngine(f"unknown engine '{request.engine[:40]}'; available: {', '.join(self.chain)}")
-        if not 0.25 <= request.speed <= 4.0:
-            raise InvalidInput("speed must be between 0.25 and 4.0")
+        low, high = self._speed_range(request.engine)
+        if not low <= request.speed <= high:
+            raise InvalidInput(f"speed must be between {low:g} and {high:g}", param="speed")
         if request.engine is not None and not self._slots[request.engine].client.deployed:
             reason = self._slots[request.engine].breaker.last_error
             raise AllEnginesFailed(f"engine {request.engine} is not deployed: {reason}")
@@ -350,31 +205,7 @@ class FallbackRouter:
         self.start()
         slots = [self._slots[name] for name in self.chain]
         checks = await asyncio.gather(*(self._check(slot) for slot in slots))
-        out = []
-        for slot, check in zip(slots, checks, strict=True):
-            breaker = slot.breaker
-            out.append(
-                {
-                    "name": slot.name,
-                    "available": slot.client.deployed and check.available and breaker.allows_traffic(),
-                    "deployed": slot.client.deployed,
-                    "state": breaker.state.value,
-                    "strikes": breaker.strikes,
-                    "last_error": breaker.last_error,
-                    "cooldown_left_s": round(breaker.cooldown_left, 3),
-                    "reason": check.reason,
-                    "check": check.to_dict(),
-                    "breaker": breaker.snapshot(),
-                    "requests": slot.requests,
-                    "failures": slot.failures,
-                    "busy_skips": slot.busy_skips,
-                    "in_flight": slot.limiter.in_use,
-                    "concurrency_limit": slot.limiter.limit,
-                    "ttfb_p50_ms": _ms(_percentile(slot.ttfbs, 0.5)),
-                    "ttfb_p95_ms": _ms(_percentile(slot.ttfbs, 0.95)),
-                }
-            )
-        return out
+        return [engine_status(slot, check) for slot, check in zip(slots, checks, strict=True)]
 
     async def voices(self) -> list[dict[str, Any]]:
         """Voices of every deployed engine; an engine that does not answer in time is left out."""
@@ -397,26 +228,17 @@ class FallbackRouter:
 
     def start(self) -> None:
         """Start the background probe loop on the running loop (idempotent; no-op without a loop)."""
-        if self._closed:
-            return
-        task = self._probe_loop_task
-        if task is not None and not task.done():
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self._probe_loop_task = loop.create_task(self._probe_loop(), name="tts-router-probes")
+        self._recovery.start()
 
     async def aclose(self) -> None:
         """Stop the probe loop and any probe in flight."""
-        self._closed = True
-        tasks = [t for t in (self._probe_loop_task, *self._probes.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
-        self._probe_loop_task = None
+        await self._recovery.aclose()
+
+    def _speed_range(self, engine: str | None) -> tuple[float, float]:
+        """The speeds every engine the request may reach accepts (so a fallback never refuses it)."""
+        names = [engine] if engine else list(self.chain)
+        ranges = [self.config.speed_ranges.get(n, (0.25, 4.0)) for n in names]
+        return max(r[0] for r in ranges), min(r[1] for r in ranges)
 
     # ------------------------------------------------------------------ streaming
     async def _consume(self, job: _SentenceJob) -> AsyncIterator[AudioChunk]:
@@ -435,6 +257,7 @@ class FallbackRouter:
     async def _produce(self, job: _SentenceJob, total: int, request: SpeechRequest, state: _RequestState) -> None:
         """Speak one sentence with the first engine that can; the result lands in `job`."""
         errors: list[str] = []
+        busy_answers: list[str] = []
         tried: set[str] = set()
         busy_noted: set[str] = set()
         previous: tuple[str, str] | None = None
@@ -453,7 +276,7 @@ class FallbackRouter:
                             f"every engine is at its concurrency limit (sentence {job.index + 1} of {total})",
                             retry_after_s=1.0,
                         )
-                    await self._wait_capacity(remaining)
+                    await self._capacity.wait(remaining)
                     continue
                 if previous is not None:
                     self.metrics.fallback(previous[0], name, previous[1])
@@ -462,9 +285,14 @@ class FallbackRouter:
                     await self._attempt(name, job.text, request, sink)
                 except (InvalidInput, asyncio.CancelledError):
                     raise
+                except EngineBusy:
+                    # Full, not broken: the next engine takes the sentence, and no strike is counted.
+                    job.restart()
+                    busy_answers.append(name)
+                    continue
                 except Exception as exc:
                     heard = job.restart()
-                    errors.append(f"{name}: {_reason(exc)}")
+                    errors.append(f"{name}: {reason_of(exc)}")
                     state.avoid.add(name)
                     previous = (name, _outcome(exc))
                     logger.info(
@@ -477,10 +305,15 @@ class FallbackRouter:
                     logger.info("sentence %d/%d spoken by %s after fallback", job.index + 1, total, name)
                 job.finish()
                 return
-            detail = "; ".join(errors) or "no engine available"
+            if busy_answers and not errors:
+                names = ", ".join(busy_answers)
+                message = f"every engine is busy (sentence {job.index + 1} of {total}: {names})"
+                job.finish(EnginesBusy(message, retry_after_s=1.0))
+                return
+            detail = "; ".join(errors + [f"{n}: busy" for n in busy_answers]) or "no engine available"
             logger.warning("no engine could speak sentence %d/%d: %s", job.index + 1, total, detail[:500])
             message = f"no engine could speak sentence {job.index + 1} of {total}: {detail}"
-            job.finish(AllEnginesFailed(message, self._retry_after()))
+            job.finish(AllEnginesFailed(message, retry_after_s=self._retry_after()))
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # handed to the consumer, which raises it in order
@@ -517,23 +350,9 @@ class FallbackRouter:
                 logger.debug("engine %s at its concurrency limit (%d); skipped", name, slot.limiter.limit)
         return None, busy
 
-    async def _wait_capacity(self, timeout: float) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._capacity_waiters.append(future)
-        try:
-            await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            pass
-        finally:
-            with contextlib.suppress(ValueError):
-                self._capacity_waiters.remove(future)
-
-    def _release(self, slot: _EngineSlot) -> None:
+    def _release(self, slot: EngineSlot) -> None:
         slot.limiter.release()
-        waiters, self._capacity_waiters = self._capacity_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self._capacity.notify()
 
     async def _attempt(
         self, name: str, text: str, request: SpeechRequest, sink: Callable[[bytes], None], *, probe: bool = False
@@ -549,6 +368,7 @@ class FallbackRouter:
         if not probe:
             slot.requests += 1
         produced = 0
+        started = False  # the engine said it began this request (left its queue)
         iterator: AsyncIterator[bytes] | None = None
         try:
             try:
@@ -568,6 +388,11 @@ class FallbackRouter:
                         raise FirstByteTimeout(f"no audio within {limits.ttfb_timeout_s:.1f}s") from None
                     raise StallTimeout(f"audio stalled for {limits.stall_timeout_s:.1f}s") from None
                 if not pcm:
+                    if produced == 0 and not started:
+                        # Queued time is not the engine's latency: the first-byte budget starts now.
+                        started = True
+                        deadline = loop.time() + limits.ttfb_timeout_s
+                        began = time.perf_counter()
                     continue
                 if produced == 0:
                     ttfb = time.perf_counter() - began
@@ -588,15 +413,19 @@ class FallbackRouter:
         except InvalidInput:
             self.metrics.outcome(name, "invalid_input")
             raise
+        except EngineBusy:
+            slot.busy_skips += 1
+            self.metrics.outcome(name, "busy")
+            raise
         except Exception as exc:
             if probe:
                 self.metrics.outcome(name, "probe_failed")
                 raise
             slot.failures += 1
             self.metrics.outcome(name, _outcome(exc))
-            opened = breaker.record_strike(_reason(exc), started_at)
+            opened = breaker.record_strike(reason_of(exc), started_at)
             logger.warning(
-                "engine %s strike %d/%d: %s", name, breaker.strikes, breaker.config.max_strikes, _reason(exc)
+                "engine %s strike %d/%d: %s", name, breaker.strikes, breaker.config.max_strikes, reason_of(exc)
             )
             if opened:
                 logger.warning("engine %s breaker open for %.1fs", name, breaker.current_cooldown)
@@ -627,61 +456,21 @@ class FallbackRouter:
                 logger.info("engine %s breaker closed (was %s)", name, previous.value)
             elif state is BreakerState.OPEN:
                 self.start()
-            self._wake.set()
+            self._recovery.wake()
 
         return changed
 
-    async def _probe_loop(self) -> None:
-        """Owned by the router: probes every open engine when its cooldown ends, traffic or not."""
-        while not self._closed:
-            delays: list[float] = []
-            for name in self.chain:
-                slot = self._slots[name]
-                if not slot.client.deployed or name in self._probes:
-                    continue
-                if slot.breaker.begin_probe():
-                    task = asyncio.create_task(self._probe(name), name=f"tts-probe-{name}")
-                    self._probes[name] = task
-                    task.add_done_callback(functools.partial(self._probe_done, name))
-                elif slot.breaker.state is BreakerState.OPEN:
-                    delays.append(slot.breaker.cooldown_left)
-            self._wake.clear()
-            timeout = max(0.01, min(delays)) if delays else None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
-
-    def _probe_done(self, name: str, _task: asyncio.Task[None] | None = None) -> None:
-        self._probes.pop(name, None)
-        self._wake.set()
-
-    async def _probe(self, name: str) -> None:
-        """One short fixed phrase (never a user's text); its verdict closes or reopens the breaker."""
-        breaker = self._slots[name].breaker
-        ok = False
-        reason: str | None = None
+    async def _probe_attempt(self, name: str) -> int:
+        """The recovery probe: the fixed phrase at the engine's own rate; returns the bytes heard."""
         heard = 0
 
         def count(pcm: bytes) -> None:
             nonlocal heard
             heard += len(pcm)
 
-        try:
-            phrase = self.config.probe_text
-            await self._attempt(name, phrase, SpeechRequest(phrase, sample_rate=0), count, probe=True)
-            ok = True
-        except asyncio.CancelledError:
-            reason = "probe cancelled"
-            raise
-        except Exception as exc:  # the verdict, not a crash: any failure keeps the engine out
-            reason = _reason(exc)
-        finally:
-            breaker.end_probe(ok, reason)
-            if ok:
-                logger.info("engine %s recovered: probe spoke %d bytes; breaker closed", name, heard)
-            else:
-                logger.warning(
-                    "engine %s probe failed (%s); breaker open for %.1fs", name, reason, breaker.current_cooldown
-                )
+        phrase = self.config.probe_text
+        await self._attempt(name, phrase, SpeechRequest(phrase, sample_rate=0), count, probe=True)
+        return heard
 
     def _retry_after(self) -> float | None:
         lefts = [
@@ -691,7 +480,7 @@ class FallbackRouter:
         ]
         return round(min(lefts), 3) if lefts else None
 
-    async def _check(self, slot: _EngineSlot) -> EngineCheck:
+    async def _check(self, slot: EngineSlot) -> EngineCheck:
         if not slot.client.deployed:
             return await slot.client.check()
         try:
@@ -700,4 +489,4 @@ class FallbackRouter:
             limit = self.config.status_timeout_s
             return EngineCheck(slot.name, False, f"dependency check did not answer within {limit:.1f}s")
         except Exception as exc:  # a broken check is a report, not an error of the status page
-            return EngineCheck(slot.name, False, _reason(exc))
+            return EngineCheck(slot.name, False, reason_of(exc))

@@ -1,0 +1,30 @@
+"""`compose_router`: the one way a router is built, used by the ingress and the agent alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config.settings import Settings
+from serve_app.engines import registry
+from serve_app.router.clients import EngineClient, clients_from_handles
+from serve_app.router.core import FallbackRouter
+from serve_app.router.types import RouterConfig
+
+
+def router_config(settings: Settings) -> RouterConfig:
+    """The router's budgets from the global settings and each registered engine's own."""
+    specs = registry.specs()
+    engines = {name: registry.engine_settings(name) for name in specs}
+    speed_ranges = {name: spec.speed_range for name, spec in specs.items()}
+    return RouterConfig.from_settings(settings, engines, speed_ranges)
+
+
+def compose_router(settings: Settings, clients: dict[str, EngineClient]) -> FallbackRouter:
+    return FallbackRouter(clients, router_config(settings))
+
+
+def compose_router_from_handles(
+    settings: Settings, handles: dict[str, Any], unavailable: dict[str, str] | None = None
+) -> FallbackRouter:
+    """A router over engine deployments' handles (in the cluster), with undeployed ones reported."""
+    return compose_router(settings, clients_from_handles(handles, unavailable or {}))

@@ -1,0 +1,93 @@
+"""The router's vocabulary: its configuration, a speech request, a chunk of audio."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from config.settings import Settings
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """Per-engine budgets; a GPU model and a local binary rarely deserve the same timeouts."""
+
+    ttfb_timeout_s: float
+    stall_timeout_s: float
+    concurrency: int
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    chain: tuple[str, ...] = ()  # empty: every client given to the router, in that order
+    max_strikes: int = 3
+    cooldown_s: float = 5.0
+    max_cooldown_s: float = 120.0
+    ttfb_timeout_s: float = 8.0
+    stall_timeout_s: float = 8.0
+    engine_concurrency: int = 64
+    sentence_max_chars: int = 250
+    lookahead: int = 2
+    max_input_chars: int = 4096
+    probe_text: str = "Probe."
+    status_timeout_s: float = 2.0
+    # Overrides per engine name; engines not listed use the three values above.
+    engine_limits: dict[str, EngineLimits] = field(default_factory=dict)
+    # Speed range each engine accepts; the request must fit the engines it may reach.
+    speed_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def limits_for(self, engine: str) -> EngineLimits:
+        return self.engine_limits.get(
+            engine, EngineLimits(self.ttfb_timeout_s, self.stall_timeout_s, self.engine_concurrency)
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        s: Settings,
+        engines: Mapping[str, Any] | None = None,
+        speed_ranges: Mapping[str, tuple[float, float]] | None = None,
+    ) -> RouterConfig:
+        """Global `TTS_*` values, with each engine's own budgets (its `EngineSettings`) where set."""
+        return cls(
+            chain=tuple(s.tts_engine_chain),
+            max_strikes=s.tts_max_strikes,
+            cooldown_s=s.tts_breaker_cooldown_s,
+            max_cooldown_s=s.tts_breaker_max_cooldown_s,
+            ttfb_timeout_s=s.tts_ttfb_timeout_s,
+            stall_timeout_s=s.tts_stall_timeout_s,
+            engine_concurrency=s.tts_engine_concurrency,
+            sentence_max_chars=s.tts_sentence_max_chars,
+            lookahead=s.tts_lookahead_sentences,
+            max_input_chars=s.max_input_chars,
+            probe_text=s.tts_probe_text,
+            engine_limits={
+                name: EngineLimits(
+                    ttfb_timeout_s=own.ttfb_timeout_s or s.tts_ttfb_timeout_s,
+                    stall_timeout_s=own.stall_timeout_s or s.tts_stall_timeout_s,
+                    concurrency=own.concurrency or s.tts_engine_concurrency,
+                )
+                for name, own in (engines or {}).items()
+            },
+            speed_ranges=dict(speed_ranges or {}),
+        )
+
+
+@dataclass
+class SpeechRequest:
+    text: str
+    voice: str | None = None
+    language: str | None = None
+    speed: float = 1.0
+    sample_rate: int = 24000  # 0: the engine's own rate (probes)
+    engine: str | None = None
+
+
+@dataclass
+class AudioChunk:
+    """PCM at the requested rate, tagged with the engine that made it and its sentence index."""
+
+    pcm: bytes
+    engine: str
+    sentence: int

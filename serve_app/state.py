@@ -1,0 +1,52 @@
+"""The application state of one ingress replica, composed in one place.
+
+`open_state` builds everything the routes use, once, and tears it down in reverse: the voice store,
+the sessions database (pool, migrations, sweeper, usage recorder), the router's probe loop, the
+drain watcher and the gauge refresher. Routes receive these pieces as typed dependencies
+(`serve_app.api.deps`); nothing is looked up in module globals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from config.settings import Settings
+from serve_app.db.database import Database
+from serve_app.db.lifecycle import UsageRecorder, open_database
+from serve_app.db.sessions import SessionStore
+from serve_app.drain.replica import ReplicaDrain, watching
+from serve_app.gauges import refreshing
+from serve_app.router import FallbackRouter
+from serve_app.voice_store import VoiceStore
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    router: FallbackRouter
+    drain: ReplicaDrain
+    voices: VoiceStore
+    database: Database | None = None
+    sessions: SessionStore | None = None
+    usage: UsageRecorder | None = None
+
+
+@contextlib.asynccontextmanager
+async def open_state(settings: Settings, router: FallbackRouter, drain: ReplicaDrain) -> AsyncIterator[AppState]:
+    """The replica's state for as long as the app runs (the FastAPI lifespan)."""
+    state = AppState(
+        settings=settings,
+        router=router,
+        drain=drain,
+        voices=VoiceStore(settings.voices_dir, max_voices=settings.voices_max),
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        opened = await stack.enter_async_context(open_database(settings))
+        state.database, state.sessions, state.usage = opened.database, opened.sessions, opened.usage
+        router.start()
+        stack.push_async_callback(router.aclose)
+        await stack.enter_async_context(watching(drain))
+        await stack.enter_async_context(refreshing(router, opened.database))
+        yield state
