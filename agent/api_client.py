@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -106,12 +107,19 @@ class AgentApiClient:
         agent_name: str,
         metadata: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
-        """Register a session; the session JSON, or None when the API could not be reached."""
+        """Register a session; the session JSON, or None when the API could not be reached.
+
+        Every retry carries the same Idempotency-Key, so a response lost on the way back never
+        leaves a duplicate session behind.
+        """
         body = {
             "room": room, "participant": participant, "agent_name": agent_name, "metadata": metadata or {}
         }
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
         try:
-            response = await self._with_retries("create", lambda: self._send("POST", "/v1/sessions", body))
+            response = await self._with_retries(
+                "create", lambda: self._send("POST", "/v1/sessions", body, headers=headers)
+            )
         except (_Retryable, _Rejected) as exc:
             logger.warning("session create failed for room %s: %s", room[:64], str(exc)[:200])
             return None
@@ -225,9 +233,11 @@ class AgentApiClient:
                 await self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+    async def _send(
+        self, method: str, path: str, body: dict[str, Any] | None = None, *, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
         try:
-            response = await self._client.request(method, path, json=body)
+            response = await self._client.request(method, path, json=body, headers=headers)
         except httpx.TimeoutException as exc:
             raise _Retryable(f"timeout: {type(exc).__name__}") from None
         except httpx.TransportError as exc:

@@ -76,14 +76,30 @@ SessionsDep = Annotated[SessionStore, Depends(get_sessions)]
 UsageDep = Annotated[UsageRecorder | None, Depends(get_usage)]
 
 
-def require_api_key(request: Request, settings: SettingsDep) -> None:
-    """Bearer auth when API_KEYS is set (always in production); open in development without keys."""
+def _key_problem(request: Request, settings: Settings) -> str | None:
+    """Why the request is not authorized, or None (always None when API_KEYS is not set)."""
     keys = settings.api_keys
     if not keys:
-        return
+        return None
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise Unauthorized("missing bearer API key")
+        return "missing bearer API key"
     if not any(hmac.compare_digest(token.strip().encode(), key.encode()) for key in keys):
-        raise Unauthorized("invalid API key")
+        return "invalid API key"
+    return None
+
+
+def require_api_key(request: Request, settings: SettingsDep) -> None:
+    """Bearer auth when API_KEYS is set (always in production); open in development without keys."""
+    problem = _key_problem(request, settings)
+    if problem is not None:
+        raise Unauthorized(problem)
+
+
+def sees_details(request: Request, settings: SettingsDep) -> bool:
+    """Whether the caller may see internals (pool, breakers, reasons) on the open health routes."""
+    return _key_problem(request, settings) is None
+
+
+DetailsDep = Annotated[bool, Depends(sees_details)]

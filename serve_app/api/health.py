@@ -1,4 +1,9 @@
-"""Health endpoints, open without auth: liveness, readiness (engines + database), database."""
+"""Health endpoints, open without auth: liveness, readiness (engines + database), database.
+
+Load balancers and orchestrators probe these without credentials, so the status codes are always
+there. When API keys are configured, the internals (pool, breakers, dependency reasons) are shown
+only to callers with a valid key: an anonymous probe learns up or down, not how the service is built.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,16 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from serve_app.api.deps import StateDep
+from serve_app.api.deps import DetailsDep, StateDep
 from serve_app.state import AppState
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-async def health(state: StateDep) -> dict[str, Any]:
+async def health(state: StateDep, details: DetailsDep) -> dict[str, Any]:
     """Liveness: the process answers. Does not touch engines or the database."""
-    return {"status": "ok", "env": state.settings.env.value}
+    return {"status": "ok", "env": state.settings.env.value} if details else {"status": "ok"}
 
 
 async def database_health(state: AppState) -> tuple[bool, dict[str, Any]]:
@@ -29,13 +34,14 @@ async def database_health(state: AppState) -> tuple[bool, dict[str, Any]]:
 
 
 @router.get("/health/db", responses={503: {"description": "database unavailable"}})
-async def health_db(state: StateDep) -> JSONResponse:
+async def health_db(state: StateDep, details: DetailsDep) -> JSONResponse:
     ok, report = await database_health(state)
-    return JSONResponse({"status": "ok" if ok else "unavailable", **report}, status_code=200 if ok else 503)
+    body = {"status": "ok" if ok else "unavailable", **(report if details else {})}
+    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 @router.get("/health/ready", responses={503: {"description": "not ready"}})
-async def health_ready(state: StateDep) -> JSONResponse:
+async def health_ready(state: StateDep, details: DetailsDep) -> JSONResponse:
     """Ready when the database answers and at least one engine can speak; 503 while draining."""
     if state.drain.draining:  # load balancers stop sending here while requests in flight finish
         return JSONResponse({"status": "draining"}, status_code=503)
@@ -43,9 +49,8 @@ async def health_ready(state: StateDep) -> JSONResponse:
     speaking = [e["name"] for e in engines if e["available"]]
     db_ok, db_report = await database_health(state)
     ready = bool(speaking) and db_ok
-    body = {
-        "status": "ready" if ready else "not_ready",
-        "engines": {e["name"]: {"available": e["available"], "reason": e["reason"]} for e in engines},
-        "database": db_report,
-    }
+    body: dict[str, Any] = {"status": "ready" if ready else "not_ready"}
+    if details:
+        body["engines"] = {e["name"]: {"available": e["available"], "reason": e["reason"]} for e in engines}
+        body["database"] = db_report
     return JSONResponse(body, status_code=200 if ready else 503)

@@ -7,15 +7,15 @@ becomes 503 with Retry-After, never a hung request (serve_app/db/guard.py).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.api.deps import SessionsDep, require_api_key
 from serve_app.core.errors import Conflict, NotFound, ServiceError
 from serve_app.db.models import SessionStatus
-from serve_app.db.sessions import SessionClosed, SessionNotFound
+from serve_app.db.sessions import IdempotencyConflict, SessionClosed, SessionNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +64,27 @@ def _not_found(session_id: str) -> NotFound:
     return NotFound(f"session '{session_id[:64]}' not found", code="session_not_found", param="session_id")
 
 
-@router.post("/v1/sessions", status_code=201, responses={503: {"description": "database unavailable"}})
-async def create_session(body: CreateSessionBody, store: SessionsDep) -> dict[str, Any]:
-    return await store.create(
-        room=body.room, participant=body.participant, agent_name=body.agent_name, metadata=body.metadata
-    )
+@router.post("/v1/sessions", status_code=201, responses={409: {}, 503: {"description": "database unavailable"}})
+async def create_session(
+    body: CreateSessionBody,
+    store: SessionsDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+) -> dict[str, Any]:
+    """A new session; with `Idempotency-Key`, a retry of the same create returns the same session."""
+    try:
+        session, replayed = await store.create(
+            room=body.room,
+            participant=body.participant,
+            agent_name=body.agent_name,
+            metadata=body.metadata,
+            idempotency_key=idempotency_key or None,
+        )
+    except IdempotencyConflict as exc:
+        raise Conflict(str(exc), code="idempotency_key_reused", param="Idempotency-Key") from None
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return session
 
 
 @router.get("/v1/sessions", responses={503: {"description": "database unavailable"}})

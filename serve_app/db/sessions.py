@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from serve_app.db.database import Database
@@ -21,6 +22,17 @@ logger = logging.getLogger(__name__)
 
 # States a finalize or a heartbeat may still change (an ABANDONED session was only presumed dead).
 _OPEN = (SessionStatus.ACTIVE, SessionStatus.ABANDONED)
+# Session ids derived from an Idempotency-Key: the same key always names the same row.
+_IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1c2b7e-5d8a-4e4b-9a51-2f0d3c8e7a10")
+
+
+def idempotent_id(key: str) -> str:
+    """The session id a retried create with this key maps to (no extra column, no extra lookup)."""
+    return str(uuid.uuid5(_IDEMPOTENCY_NAMESPACE, key))
+
+
+class IdempotencyConflict(Exception):
+    """The key was already used to create a session for another room."""
 
 
 class SessionNotFound(LookupError):
@@ -64,10 +76,17 @@ class SessionStore:
         participant: str | None = None,
         agent_name: str | None = None,
         metadata: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+        idempotency_key: str | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """The new session and False; with a key already used, the session it created and True.
+
+        A create is retried by clients whose response was lost; the key makes the retry return the
+        first session instead of starting a duplicate. The id is derived from the key, so the
+        primary key itself is the guard, even for two retries racing each other.
+        """
         now = utcnow()
         row = VoiceSession(
-            id=str(uuid.uuid4()),
+            id=idempotent_id(idempotency_key) if idempotency_key else str(uuid.uuid4()),
             room=room,
             participant=participant,
             agent_name=agent_name,
@@ -85,9 +104,18 @@ class SessionStore:
             await s.flush()
             return row.to_dict()
 
-        created = await self.database.run(work)
+        try:
+            created = await self.database.run(work)
+        except IntegrityError:
+            if not idempotency_key:
+                raise
+            existing = await self.get(row.id)
+            if existing["room"] != room:
+                raise IdempotencyConflict(f"Idempotency-Key already used for room {existing['room'][:64]}") from None
+            logger.debug("session create replayed id=%s", existing["id"])
+            return existing, True
         logger.debug("session created id=%s room=%s", created["id"], created["room"][:64])
-        return created
+        return created, False
 
     async def get(self, session_id: str) -> dict[str, Any]:
         async def work(s: AsyncSession) -> dict[str, Any]:

@@ -67,7 +67,7 @@ async def test_keepalives_are_in_force_on_server_and_client(database: Database) 
 
 async def test_concurrent_finalize_of_one_session(database: Database) -> None:
     store = SessionStore(database)
-    created = await store.create(room="pg-race")
+    created = (await store.create(room="pg-race"))[0]
     results = await asyncio.gather(*(store.finalize(created["id"], {"characters": i}) for i in range(30)))
     assert {r["status"] for r in results} == {"COMPLETED"}
     assert len({r["ended_at"] for r in results}) == 1, "exactly one finalize wins; the rest read its result"
@@ -78,7 +78,7 @@ async def test_200_sessions_concurrently_in_the_database_layer(database: Databas
     store = SessionStore(database)
 
     async def one(i: int) -> str:
-        created = await store.create(room=f"pg-load-{i}", agent_name="load")
+        created = (await store.create(room=f"pg-load-{i}", agent_name="load"))[0]
         await store.heartbeat(created["id"])
         done = await store.finalize(created["id"], {"characters": i})
         assert done["status"] == "COMPLETED"

@@ -66,11 +66,11 @@ def test_ssml_in_the_input_is_spoken_as_text(client: httpx.Client, edge: FakeEdg
     assert len(sent) == 1 and sent[0].text == text and sent[0].markup_inside == []
 
 
-def test_edge_that_never_answers_falls_back_to_flite(client: httpx.Client, edge: FakeEdgeServer) -> None:
+def test_edge_that_never_answers_falls_back_to_the_next_engine(client: httpx.Client, edge: FakeEdgeServer) -> None:
     edge.mode = "hang"
     response = speech(client, "Nobody at Edge answers this one.")
     assert response.status_code == 200, response.text
-    assert response.headers["x-tts-engine"] == "flite"
+    assert response.headers["x-tts-engine"] == "piper"  # the next engine of the default chain
     assert rms_level(response.content) > 300
     assert engines(client)["edge"]["strikes"] >= 1
 
@@ -78,6 +78,8 @@ def test_edge_that_never_answers_falls_back_to_flite(client: httpx.Client, edge:
 def test_one_voice_catalogue_across_engines(client: httpx.Client) -> None:
     data = client.get("/v1/audio/voices").json()["data"]
     by_id = {v["id"]: v for v in data}
-    assert by_id["onyx"]["maps_to"] == {"flite": "rms", "edge": "en-US-DavisNeural", "zonos": "default"}
+    assert by_id["onyx"]["maps_to"] == {
+        "flite": "rms", "edge": "en-US-DavisNeural", "zonos": "default", "piper": "en_US-joe-medium"
+    }
     assert by_id["en-US-DavisNeural"]["engine"] == "edge" and by_id["rms"]["engine"] == "flite"
     assert by_id["de-DE-KatjaNeural"]["language"] == "de-DE"

@@ -47,7 +47,7 @@ async def test_twenty_sessions_for_twenty_seconds(serve_url: str, tmp_path: Path
     assert report["db_pool"]["checked_out_end"] == 0
     speech = report["requests"]["by_kind"]["speech"]
     assert speech["failed"] == 0 and speech["ok"] >= 20
-    assert set(report["ttfb_ms"]["by_engine"]) <= {"zonos", "edge", "flite"}
+    assert set(report["ttfb_ms"]["by_engine"]) <= {"zonos", "edge", "piper", "flite"}
     assert report["ttfb_ms"]["all"]["count"] == speech["ok"]
 
     memory = report["memory"]

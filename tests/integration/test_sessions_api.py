@@ -151,3 +151,18 @@ def test_production_without_api_keys_refuses_to_build(tmp_path: Path) -> None:
     )
     paths = app.openapi()["paths"]
     assert "/v1/sessions" in paths and "/v1/sessions/{session_id}/finalize" in paths
+
+
+async def test_idempotency_key_makes_a_retried_create_return_the_same_session(api: httpx.AsyncClient) -> None:
+    headers = {"Idempotency-Key": "agent-42-attempt"}
+    first = await api.post("/v1/sessions", json={"room": "idem"}, headers=headers)
+    again = await api.post("/v1/sessions", json={"room": "idem"}, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first.headers
+    reused = await api.post("/v1/sessions", json={"room": "elsewhere"}, headers=headers)
+    assert reused.status_code == 409 and reused.json()["error"]["code"] == "idempotency_key_reused"
+    fresh = await api.post("/v1/sessions", json={"room": "idem"})
+    assert fresh.json()["id"] != first.json()["id"]
+    listed = (await api.get("/v1/sessions")).json()["data"]
+    assert sum(1 for s in listed if s["room"] == "idem") == 2

@@ -158,3 +158,15 @@ async def test_server_errors_are_retryable_but_client_errors_are_not(tmp_path: P
         assert len(calls) == 1
         assert await api.finalize_session("s") == "queued"
         assert len(calls) == 4
+
+
+async def test_retried_create_carries_one_idempotency_key_and_leaves_one_session(
+    fake_api: FakeSessionsServer, tmp_path: Path
+) -> None:
+    fake_api.state.lose_create_answers = 2  # stored, but the answer never arrives: the client retries
+    async with client_for(fake_api, tmp_path / "outbox.jsonl", sleep=SleepRecorder()) as api:
+        session = await api.create_session("room-i", "ivy", agent_name="agent")
+    assert session is not None
+    keys = fake_api.state.create_keys
+    assert len(keys) == 3 and keys[0] and len(set(keys)) == 1
+    assert list(fake_api.state.sessions) == [session["id"]]

@@ -26,6 +26,9 @@ from fastapi.responses import JSONResponse
 class FakeSessionsState:
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     fail_finalize: int = 0
+    # Creates whose answer is "lost" (503 after the session was stored), and the keys creates carried.
+    lose_create_answers: int = 0
+    create_keys: list[str | None] = field(default_factory=list)
     finalize_delay_s: float = 0.0
     finalize_calls: int = 0
     heartbeats: int = 0
@@ -42,9 +45,14 @@ def build_fake_app(state: FakeSessionsState) -> FastAPI:
         return await call_next(request)
 
     @app.post("/v1/sessions", status_code=201)
-    async def create(body: dict[str, Any]) -> dict[str, Any]:
-        sid = uuid.uuid4().hex
-        state.sessions[sid] = {"id": sid, "status": "ACTIVE", "usage": None, "ended_at": None, **body}
+    async def create(body: dict[str, Any], request: Request) -> Any:
+        key = request.headers.get("idempotency-key")
+        state.create_keys.append(key)
+        sid = uuid.uuid5(uuid.NAMESPACE_URL, key).hex if key else uuid.uuid4().hex
+        state.sessions.setdefault(sid, {"id": sid, "status": "ACTIVE", "usage": None, "ended_at": None, **body})
+        if state.lose_create_answers > 0:
+            state.lose_create_answers -= 1
+            return JSONResponse({"error": {"message": "lost"}}, status_code=503)
         return state.sessions[sid]
 
     @app.get("/v1/sessions/{sid}")
@@ -112,6 +120,8 @@ class FakeSessionsServer:
     def reset(self) -> None:
         self.state.sessions.clear()
         self.state.fail_finalize = 0
+        self.state.lose_create_answers = 0
+        self.state.create_keys.clear()
         self.state.finalize_delay_s = 0.0
         self.state.finalize_calls = 0
         self.state.heartbeats = 0

@@ -16,7 +16,7 @@ from config.settings import load_settings
 from serve_app.db import Database, DatabaseUnavailable
 from serve_app.db.migrate import current_revision
 from serve_app.db.models import Base, utcnow
-from serve_app.db.sessions import SessionClosed, SessionNotFound, SessionStore
+from serve_app.db.sessions import IdempotencyConflict, SessionClosed, SessionNotFound, SessionStore
 from serve_app.db.sweeper import Sweeper
 from serve_app.db.usage import UsageEvent
 
@@ -51,7 +51,7 @@ async def test_migrations_reach_head_and_match_the_models(database: Database) ->
 
 
 async def test_lifecycle_create_heartbeat_finalize(store: SessionStore) -> None:
-    created = await store.create(room="room-1", participant="alice", agent_name="agent", metadata={"lang": "en"})
+    created = (await store.create(room="room-1", participant="alice", agent_name="agent", metadata={"lang": "en"}))[0]
     assert created["status"] == "ACTIVE" and created["ended_at"] is None
     assert created["metadata"] == {"lang": "en"}
     beat = await store.heartbeat(created["id"])
@@ -71,7 +71,7 @@ async def test_lifecycle_create_heartbeat_finalize(store: SessionStore) -> None:
 
 
 async def test_concurrent_finalize_of_one_session_has_one_winner(store: SessionStore) -> None:
-    created = await store.create(room="race")
+    created = (await store.create(room="race"))[0]
     results = await asyncio.gather(*(store.finalize(created["id"], {"characters": i}) for i in range(25)))
     assert {r["status"] for r in results} == {"COMPLETED"}
     assert len({r["ended_at"] for r in results}) == 1
@@ -80,7 +80,7 @@ async def test_concurrent_finalize_of_one_session_has_one_winner(store: SessionS
 
 async def test_200_sessions_created_and_finalized_concurrently(store: SessionStore, database: Database) -> None:
     async def one(i: int) -> str:
-        created = await store.create(room=f"load-{i}", participant=f"user-{i}")
+        created = (await store.create(room=f"load-{i}", participant=f"user-{i}"))[0]
         await store.heartbeat(created["id"])
         await store.finalize(created["id"], {"characters": i})
         return created["id"]
@@ -97,8 +97,8 @@ async def test_200_sessions_created_and_finalized_concurrently(store: SessionSto
 
 async def test_sweeper_abandons_silent_sessions_and_heartbeat_revives(database: Database) -> None:
     store = SessionStore(database)
-    silent = await store.create(room="silent")
-    alive = await store.create(room="alive")
+    silent = (await store.create(room="silent"))[0]
+    alive = (await store.create(room="alive"))[0]
     later = utcnow() + timedelta(seconds=120)
     await store.heartbeat(alive["id"])
     assert await store.sweep(ttl_s=60, now=later) == 2
@@ -123,7 +123,7 @@ async def test_sweeper_abandons_silent_sessions_and_heartbeat_revives(database: 
 
 
 async def test_usage_recording_accumulates_under_concurrency(store: SessionStore) -> None:
-    created = await store.create(room="usage")
+    created = (await store.create(room="usage"))[0]
     events = [UsageEvent(characters=10, audio_seconds=0.5, engines={"flite": 2}, elapsed_s=0.1) for _ in range(30)]
     assert all(await asyncio.gather(*(store.record_usage(created["id"], e) for e in events)))
     usage = (await store.get(created["id"]))["server_usage"]
@@ -133,8 +133,8 @@ async def test_usage_recording_accumulates_under_concurrency(store: SessionStore
 
 
 async def test_list_filters_by_status(store: SessionStore) -> None:
-    a = await store.create(room="list-a")
-    b = await store.create(room="list-b")
+    a = (await store.create(room="list-a"))[0]
+    b = (await store.create(room="list-b"))[0]
     await store.finalize(b["id"])
     active = [s["id"] for s in await store.list_sessions(status=None)]
     assert active.index(b["id"]) < active.index(a["id"]), "newest first"
@@ -170,3 +170,15 @@ async def test_unreachable_database_fails_fast_and_health_reports_it(tmp_path: P
         assert report["pool"]["checked_out"] == 0
     finally:
         await db.dispose()
+
+
+async def test_create_with_an_idempotency_key_returns_the_first_session(store: SessionStore) -> None:
+    first, replayed = await store.create(room="idem", participant="p", idempotency_key="key-1")
+    assert not replayed
+    again = await asyncio.gather(*(store.create(room="idem", idempotency_key="key-1") for _ in range(5)))
+    assert all(s["id"] == first["id"] and was for s, was in again)
+    other, replayed_other = await store.create(room="idem", idempotency_key="key-2")
+    assert other["id"] != first["id"] and not replayed_other
+    with pytest.raises(IdempotencyConflict):
+        await store.create(room="another-room", idempotency_key="key-1")
+    assert len(await store.list_sessions()) == 2

@@ -125,7 +125,14 @@ async def test_production_requires_the_key_everywhere_but_health_and_preflight(t
             # The key must not come back in any error message.
             assert KEY not in bare.text and "sk-guess" not in wrong.text
         for path in ("/health", "/health/db", "/health/ready"):
-            assert (await client.get(path)).status_code == 200, path
+            anonymous = await client.get(path)
+            assert anonymous.status_code == 200, path
+            # Up or down for anyone; the internals (pool, engines, reasons) only with the key.
+            assert set(anonymous.json()) == {"status"}, (path, anonymous.json())
+            keyed = await client.get(path, headers={"Authorization": f"Bearer {KEY}"})
+            assert keyed.status_code == 200 and len(keyed.json()) > 1, path
+        keyed_db = (await client.get("/health/db", headers={"Authorization": f"Bearer {KEY}"})).json()
+        assert {"size", "checked_out"} <= keyed_db["pool"].keys()
         # A browser's preflight carries no Authorization header; it must pass for the allowed origin.
         preflight = await client.options(
             "/v1/audio/speech",
