@@ -13,6 +13,7 @@ Ingress deployment's graceful_shutdown_timeout_s, before Serve and the cluster a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -141,14 +143,23 @@ class ForcedExit(Exception):
         self.signum = signum
 
 
+# A stop that reaches us twice at once is one stop: `make` forwards SIGTERM to its child while the
+# same signal sent to the whole process group (systemd, `kill -- -PGID`) reaches the child too.
+SAME_STOP_WINDOW_S = 1.0
+
+
 class ShutdownSignals:
-    """SIGTERM/SIGINT: the first asks for a drain, the second raises `ForcedExit` in the main thread.
+    """SIGTERM/SIGINT: the first asks for a drain, a later one raises `ForcedExit` in the main thread.
 
     Installed after `ray.init`, which sets its own SIGTERM handler (exit at once) in the driver.
+    A repeat within SAME_STOP_WINDOW_S of the first is the same stop delivered twice, not an
+    operator insisting, and is ignored.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.first: int | None = None
+        self.first_at = 0.0
+        self.clock = clock
         self.requested = threading.Event()
 
     def install(self) -> None:
@@ -156,9 +167,16 @@ class ShutdownSignals:
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        now = self.clock()
         if self.first is None:
             self.first = signum
+            self.first_at = now
             self.requested.set()
+            return
+        if now - self.first_at < SAME_STOP_WINDOW_S:
+            logger.info(
+                "%s again within %.1fs: the same stop, still draining", signal.Signals(signum).name, SAME_STOP_WINDOW_S
+            )
             return
         for other in (signal.SIGTERM, signal.SIGINT):  # a third signal kills the process outright
             signal.signal(other, signal.SIG_DFL)
@@ -169,6 +187,30 @@ class ShutdownSignals:
             pass
         assert self.first is not None
         return self.first
+
+
+@contextlib.contextmanager
+def own_process_group() -> Iterator[None]:
+    """Start Ray's processes in a process group of their own, and stay in ours.
+
+    A stop sent to our whole process group (`make run` under systemd, `kill -- -PGID`, Ctrl-C in a
+    terminal) must reach this launcher, which drains, and not Ray's processes: a GCS or raylet that
+    dies first takes the streams in flight with it, and the launcher then waits on a dead cluster.
+    Processes inherit the group of whoever starts them, so the launcher leads a new group while
+    `ray.init` starts the cluster, then moves itself back; Ray's processes (and the workers raylet
+    starts later) stay in the new group and are stopped by `ray.shutdown()` after the drain.
+    """
+    original = os.getpgrp()
+    try:
+        os.setpgid(0, 0)
+    except OSError:  # a session leader cannot move: its group is its own already
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.setpgid(0, original)
 
 
 def drain(coordinator: Any, timeout_s: float) -> bool:
@@ -184,7 +226,10 @@ def drain(coordinator: Any, timeout_s: float) -> bool:
         proxies=proxies,
         on_progress=lambda s, elapsed: logger.info(
             "draining: %d request(s) in flight on %d replica(s) (%.0fs of %.0fs)",
-            s.in_flight, s.replicas, elapsed, timeout_s,
+            s.in_flight,
+            s.replicas,
+            elapsed,
+            timeout_s,
         ),
     )
     elapsed = time.monotonic() - started
@@ -211,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         "so it stays on loopback unless you opt in (e.g. behind an authenticating proxy)",
     )
     parser.add_argument(
-        "--drain-timeout-s", type=float, default=None,
+        "--drain-timeout-s",
+        type=float,
+        default=None,
         help="longest wait for requests in flight at shutdown (default: the Ingress graceful_shutdown_timeout_s)",
     )
     args = parser.parse_args(argv)
@@ -230,13 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     # every drain last the whole timeout. Inherited by the proxies and replicas.
     apply_cluster_environment()
     # address="local": always a private cluster, even when RAY_ADDRESS points at another one.
-    ray.init(
-        address="local",
-        num_cpus=args.num_cpus,
-        include_dashboard=args.dashboard_port > 0,
-        dashboard_host=args.dashboard_host,
-        dashboard_port=args.dashboard_port or None,
-    )
+    with own_process_group():
+        ray.init(
+            address="local",
+            num_cpus=args.num_cpus,
+            include_dashboard=args.dashboard_port > 0,
+            dashboard_host=args.dashboard_host,
+            dashboard_port=args.dashboard_port or None,
+        )
     signals.install()
     try:
         coordinator = get_or_create_coordinator()  # before the replicas, so they find it at start

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from serve_app.launch import SAME_STOP_WINDOW_S
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -52,7 +53,18 @@ class Launcher:
         self.proc.wait(timeout=30)
 
 
-def start_launcher(tmp: Path, *extra: str) -> Launcher:
+# Stands in for `make run`: the launcher is its child in the same process group, and a SIGTERM to the
+# parent is forwarded to the child, as GNU make does (make itself then exits 143, which is make's own
+# rule for signals; this parent exits with the launcher's status so the test can read it).
+MAKE_LIKE_PARENT = (
+    "import signal, subprocess, sys\n"
+    "child = subprocess.Popen(sys.argv[1:])\n"
+    "signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))\n"
+    "sys.exit(child.wait())\n"
+)
+
+
+def start_launcher(tmp: Path, *extra: str, under_parent: bool = False) -> Launcher:
     port = free_port()
     env = {
         **os.environ,
@@ -64,12 +76,14 @@ def start_launcher(tmp: Path, *extra: str) -> Launcher:
     }
     log = tmp / "launch.log"
     with log.open("wb") as out:
+        command = [
+            sys.executable, "-m", "serve_app.launch", "--port", str(port), "--num-cpus", "2",
+            "--dashboard-port", "0", *extra,
+        ]
+        if under_parent:
+            command = [sys.executable, "-c", MAKE_LIKE_PARENT, *command]
         proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "serve_app.launch", "--port", str(port), "--num-cpus", "2",
-                "--dashboard-port", "0", *extra,
-            ],
-            cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            command, cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     return Launcher(proc, f"http://127.0.0.1:{port}", log)
 
@@ -80,6 +94,7 @@ def launchers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, La
     try:
         started["graceful"] = start_launcher(tmp_path_factory.mktemp("graceful"))
         started["forced"] = start_launcher(tmp_path_factory.mktemp("forced"), "--drain-timeout-s", "300")
+        started["group"] = start_launcher(tmp_path_factory.mktemp("group"), under_parent=True)
         yield started
     finally:
         for launcher in started.values():
@@ -182,6 +197,7 @@ def test_second_signal_exits_at_once_with_128_plus_signum(launchers: dict[str, L
     wait_draining(launcher)
     assert launcher.proc.poll() is None  # still draining: the stalled stream is in flight
     assert httpx.get(f"{launcher.url}/-/healthz", timeout=10).status_code == 503  # Serve's proxy drains too
+    time.sleep(SAME_STOP_WINDOW_S)  # an operator insisting, not the same stop delivered twice
     os.kill(launcher.proc.pid, signal.SIGTERM)
     assert launcher.proc.wait(timeout=EXIT_LIMIT_S) == 128 + signal.SIGTERM, launcher.log_tail()
     assert "SIGTERM again: exiting without waiting for the drain" in launcher.log_tail()
@@ -189,3 +205,35 @@ def test_second_signal_exits_at_once_with_128_plus_signum(launchers: dict[str, L
     hold.clear()
     stalled.join()
     assert stalled.error is not None  # cut: the chunked body never completed
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_sigterm_to_the_whole_process_group_drains_and_exits_zero(launchers: dict[str, Launcher]) -> None:
+    """`make run` under systemd: SIGTERM to every process of the group, and make forwards it again."""
+    launcher = ready(launchers["group"])
+    parent_group = launcher.proc.pid  # the make-like parent leads the group; the launcher is in it
+    children = [int(p) for p in subprocess.check_output(["pgrep", "-P", str(parent_group)]).split()]
+    assert len(children) == 1
+    ray_group = children[0]  # Ray's processes lead by the launcher's pid: the group it made for them
+    full = httpx.post(f"{launcher.url}/v1/audio/speech", json=SPEECH, timeout=120)
+    stream = Stream(launcher.url).start()
+
+    os.killpg(parent_group, signal.SIGTERM)  # the group signal; the parent forwards a second one
+    wait_draining(launcher)
+    stream.join()
+    assert (stream.error, stream.size) == (None, len(full.content))
+    assert launcher.proc.wait(timeout=40) == 0, launcher.log_tail()
+    deadline = time.monotonic() + 40
+    while (group_alive(parent_group) or group_alive(ray_group)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not group_alive(parent_group) and not group_alive(ray_group), "processes left behind"
+    # The forwarded copy may coalesce with the group's in the kernel; when it does arrive separately it
+    # is the same stop (tests/unit/test_launch_signals.py), never a forced exit.
+    assert "exiting without waiting" not in launcher.log.read_text(errors="replace")

@@ -1,5 +1,6 @@
-"""deploy/serve_config.gpu.yaml: valid for Serve, Zonos on a GPU with sane autoscaling and batching,
-and every other deployment exactly as in serve_config.yaml (so the two files cannot drift apart)."""
+"""serve_config.yaml and deploy/serve_config.gpu.yaml: valid for Serve, Zonos on a GPU with sane autoscaling
+and batching, every other deployment exactly as in serve_config.yaml (so the two files cannot drift apart),
+and a request timeout that fits the longest answer."""
 
 from __future__ import annotations
 
@@ -51,3 +52,12 @@ def test_gpu_config_matches_the_cpu_config_elsewhere() -> None:
     assert gpu_deployments.pop("ZonosEngine")
     assert gpu_deployments == deployments(cpu)
     assert "ZonosEngine" not in deployments(cpu)  # a CPU-only cluster never has it in the app
+
+
+def test_request_timeout_fits_the_longest_answer_played_in_real_time() -> None:
+    from config.settings import load_settings
+
+    longest_s = load_settings(_env_file=None).max_input_chars / 14.0  # characters per second of speech
+    for path in (ROOT / "serve_config.yaml", ROOT / "deploy" / "serve_config.gpu.yaml"):
+        timeout = load(path)["http_options"]["request_timeout_s"]
+        assert timeout >= 1.5 * longest_s, (path, timeout, longest_s)

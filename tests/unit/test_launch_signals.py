@@ -1,0 +1,42 @@
+"""The launcher's shutdown signals: one stop delivered twice is one stop; a later one forces the exit."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from serve_app.launch import SAME_STOP_WINDOW_S, ForcedExit, ShutdownSignals
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_same_stop_delivered_twice_is_one_stop() -> None:
+    clock = Clock()
+    signals = ShutdownSignals(clock=clock)
+    signals._handle(signal.SIGTERM, None)
+    clock.now += 0.01  # make forwards the group's SIGTERM to its child a moment later
+    signals._handle(signal.SIGTERM, None)
+    assert signals.requested.is_set() and signals.first == signal.SIGTERM
+
+
+def test_a_later_signal_forces_the_exit_with_its_number() -> None:
+    clock = Clock()
+    signals = ShutdownSignals(clock=clock)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        signals._handle(signal.SIGINT, None)
+        clock.now += SAME_STOP_WINDOW_S + 0.5
+        with pytest.raises(ForcedExit) as raised:
+            signals._handle(signal.SIGTERM, None)
+        assert raised.value.signum == signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # a third one kills outright
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
