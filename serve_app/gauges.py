@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from serve_app.core.tasks import running
 from serve_app.router import FallbackRouter
 
 logger = logging.getLogger(__name__)
@@ -41,10 +42,5 @@ async def refreshing(router: FallbackRouter | None, database: Any) -> AsyncItera
                 logger.debug("gauge refresh failed: %s", exc)
             await asyncio.sleep(GAUGE_REFRESH_S)
 
-    task = asyncio.create_task(loop(), name="gauge-refresher")
-    try:
+    async with running(loop(), "gauge-refresher"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

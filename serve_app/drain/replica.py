@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from serve_app.core.tasks import running
 from serve_app.drain.coordinator import (
     COORDINATOR_NAME,
     COORDINATOR_NAMESPACE,
@@ -110,10 +111,5 @@ async def watching(state: ReplicaDrain) -> AsyncIterator[None]:
     if replica_id is None:
         yield
         return
-    task = asyncio.create_task(DrainWatcher(replica_id, state).run(), name="drain-watcher")
-    try:
+    async with running(DrainWatcher(replica_id, state).run(), "drain-watcher"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
