@@ -145,8 +145,9 @@ def plan(settings: Settings, engines: dict[str, EngineSettings], gpus: float) ->
         own = engines[name]
         prefix = declared.env_prefix
         problem = placement_problem(declared, own, gpus)
-        if problem is None:
+        if problem is None or own.placement == "always":
             deploy.append(name)
+            problem = None
         if not own.enabled:
             unusable[name] = f"disabled by {prefix}ENABLED=false"
         elif name not in settings.tts_engine_chain:

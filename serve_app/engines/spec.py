@@ -50,6 +50,10 @@ class EngineSettings(BaseSettings):
     # Resources of one replica; empty = the engine's declared defaults (serve_config.yaml wins over both).
     num_cpus: float | None = Field(None, ge=0)
     num_gpus: float | None = Field(None, ge=0)
+    # "auto": leave the engine out (and report why) when this cluster cannot place it now;
+    # "always": deploy it anyway, its replicas waiting until a node that fits joins (a GPU config on
+    # a cluster whose GPU workers start later, or scale from zero).
+    placement: Literal["auto", "always"] = "auto"
 
     def resources(self, defaults: DeploymentDefaults) -> tuple[float, float]:
         """(num_cpus, num_gpus) of one replica: these settings where set, else the defaults."""
