@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -197,6 +198,7 @@ class Batcher(Generic[R]):
         self._changed: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # running batches (the loop keeps only weak references)
+        self._last_event = time.monotonic()  # when a running row last delivered anything
 
     # --- callers ------------------------------------------------------------------------------
 
@@ -207,6 +209,17 @@ class Batcher(Generic[R]):
     @property
     def running(self) -> int:
         return len(self._running)
+
+    def stalled_for(self) -> float:
+        """Seconds rows have been running without delivering anything (0 when nothing runs).
+
+        A batch that makes progress delivers a chunk every few frames; one that delivers nothing
+        for long is hung (a stuck kernel, a dead device), which the replica's health check reports
+        so Serve replaces it.
+        """
+        if not self._running:
+            return 0.0
+        return time.monotonic() - self._last_event
 
     async def stream(self, request: R) -> AsyncIterator[bytes]:
         """`request`'s audio: `b""` when it joins a batch, then chunks. Raises the row's error."""
@@ -222,6 +235,7 @@ class Batcher(Generic[R]):
         items: asyncio.Queue[Item] = asyncio.Queue()
 
         def sink(item: Item) -> None:
+            self._last_event = time.monotonic()
             loop.call_soon_threadsafe(items.put_nowait, item)
 
         row: Row[R] = Row(request, sink)
@@ -302,6 +316,7 @@ class Batcher(Generic[R]):
 
     async def _run(self, rows: list[Row[R]]) -> None:
         assert self._slots is not None
+        self._last_event = time.monotonic()
         try:
             await asyncio.to_thread(self._run_blocking, rows)
         finally:

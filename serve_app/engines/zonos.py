@@ -53,6 +53,7 @@ import importlib
 import importlib.util
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -84,6 +85,7 @@ DEFAULT_SPEAKER = "default"
 WARMUP_TEXT = "Warming up the voice."
 SILENT_CLIP_RMS = 1e-3  # a reference clip quieter than this (full scale 1.0) has no voice to clone
 UNKNOWN_TOKEN = -1
+CUDA_PROBE_WAIT_S = 5.0  # how long one health check waits on the CUDA probe before looking again later
 INSTALL_HINT = (
     "install Zonos from source on GPU nodes: pip install '.[gpu]' 'zonos @ git+https://github.com/Zyphra/Zonos'"
 )
@@ -396,12 +398,15 @@ class ZonosEngine(Engine):
         stop_at_eos: bool = True,
         warmup_on_start: bool = True,
         compile_decoder: bool = False,
+        hang_timeout_s: float = 60.0,
     ) -> None:
         """`model` (built) or `model_factory` (called by `load()`) replace `Zonos.from_pretrained`
         (tests, benchmarks with random weights); the `stream_*` arguments set the chunk schedule
         (`serve_app.stream_decode`); `max_new_frames`/`stop_at_eos=False` fix every row's length;
         `compile_decoder` runs the decoding step through `torch.compile` as upstream `generate` does
-        (worth it on a GPU with the transformer backbone; the first batches of each size compile)."""
+        (worth it on a GPU with the transformer backbone; the first batches of each size compile);
+        `hang_timeout_s` is how long running requests may go without audio before the health check
+        calls the replica hung."""
         self.catalogue = catalogue or Catalogue({self.name: VOICES})
         self.model_name = model_name
         self.device = device
@@ -412,6 +417,9 @@ class ZonosEngine(Engine):
         self.voice_cache_size = voice_cache_size
         self.warmup_on_start = warmup_on_start
         self.compile_decoder = compile_decoder
+        self.hang_timeout_s = hang_timeout_s
+        self._cuda_probe: asyncio.Future[None] | None = None
+        self._cuda_probe_started = 0.0
         self._decode_step: Callable[..., Any] | None = None
         self.generation = GenerationConfig(
             cfg_scale=cfg_scale,
@@ -707,15 +715,32 @@ class ZonosEngine(Engine):
         return EngineCheck(self.name, problem is None, problem, details)
 
     async def health(self) -> str | None:
-        """Serve's health probe: a CUDA error seen, or a CUDA context that no longer answers."""
+        """Serve's health probe: a CUDA error seen, a batch that stopped making progress, or a CUDA
+        context that no longer answers. Serve replaces a replica whose probe fails, which is the only
+        cure for a hung kernel; a replica that is merely busy keeps delivering chunks and passes."""
         if self._fatal:
             return self._fatal
+        stalled = self.batcher.stalled_for()
+        if stalled > self.hang_timeout_s:
+            return f"no audio from {self.batcher.running} running request(s) for {stalled:.0f}s (hung)"
         if self._model is None or not self.device.startswith("cuda"):
             return None
+        return await self._cuda_answers()
+
+    async def _cuda_answers(self) -> str | None:
+        """At most one CUDA probe thread at a time: a probe still running from an earlier check is
+        waited on again rather than joined by another (a hung device would otherwise leak a thread
+        per check), and one outstanding for longer than the hang timeout fails the check."""
+        if self._cuda_probe is None or self._cuda_probe.done():
+            self._cuda_probe = asyncio.ensure_future(asyncio.to_thread(self._touch_cuda))
+            self._cuda_probe_started = time.monotonic()
         try:
-            await asyncio.wait_for(asyncio.to_thread(self._touch_cuda), timeout=10.0)
+            await asyncio.wait_for(asyncio.shield(self._cuda_probe), timeout=CUDA_PROBE_WAIT_S)
         except TimeoutError:
-            return None  # busy with a long batch; not a fault
+            waited = time.monotonic() - self._cuda_probe_started
+            if waited > self.hang_timeout_s:
+                return f"CUDA did not answer a one-element probe for {waited:.0f}s (hung)"
+            return None  # a long kernel of a busy batch; the next check looks again
         except Exception as exc:
             if is_fatal_cuda_error(exc):
                 self._fatal = f"CUDA error: {str(exc)[:200]}"
@@ -749,6 +774,8 @@ class ZonosSettings(EngineSettings):
     warmup: bool = True
     compile_decoder: bool = False
     voice_cache_size: int = Field(64, ge=1, le=4096)
+    # Running requests without audio for this long make the health check fail (Serve replaces the replica).
+    hang_timeout_s: float = Field(60.0, gt=0)
 
 
 def _build(settings: ZonosSettings, context: EngineContext) -> ZonosEngine:
@@ -767,6 +794,7 @@ def _build(settings: ZonosSettings, context: EngineContext) -> ZonosEngine:
         stream_chunk_frames=settings.stream_chunk_frames,
         warmup_on_start=settings.warmup,
         compile_decoder=settings.compile_decoder,
+        hang_timeout_s=settings.hang_timeout_s,
         catalogue=context.catalogue,
     )
 

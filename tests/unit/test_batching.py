@@ -139,3 +139,21 @@ def test_seam_error_and_pcm() -> None:
     assert seam_error(a, a) == {"max": 0.0, "rms": 0.0}
     assert seam_error(a + 0.01, a)["rms"] == pytest.approx(0.01)
     assert np.frombuffer(to_pcm(np.array([2.0, -2.0, 0.5])), "<i2").tolist() == [32767, -32767, 16383]
+
+
+async def test_a_batch_that_stops_delivering_reports_how_long_it_has_stalled() -> None:
+    runner = StepRunner()
+    batcher: Batcher[int] = Batcher(runner, name="t", max_batch_size=2, wait_s=0.0)
+    assert batcher.stalled_for() == 0.0  # nothing runs: nothing can be stalled
+    stream = batcher.stream(1000)
+    assert await anext(stream) == b""  # admitted: the batch runs
+    await anext(stream)
+    assert batcher.stalled_for() < 0.5  # it is delivering
+    runner.gate.clear()  # the "device" hangs: no more steps
+    await asyncio.sleep(0.3)
+    assert batcher.stalled_for() >= 0.25
+    runner.gate.set()
+    await until(lambda: batcher.stalled_for() < 0.25)  # steps again: delivering again
+    await stream.aclose()  # type: ignore[attr-defined]
+    await until(lambda: batcher.running == 0)
+    assert batcher.stalled_for() == 0.0

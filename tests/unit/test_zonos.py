@@ -8,9 +8,11 @@ the engine on the real library); here it keeps the engine's own logic fast to te
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import subprocess
 import sys
+import threading
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -323,3 +325,28 @@ async def test_batching_host_loads_warms_up_and_streams(tmp_path: Path, zonos_do
     await host.check_health()
     with pytest.raises(TypeError, match="is not an Engine"):
         EngineHost(lambda: object())  # type: ignore[arg-type, return-value]
+
+
+async def test_a_hung_batch_fails_the_health_check_and_recovers_when_it_moves(
+    tmp_path: Path, zonos_double: None
+) -> None:
+    e = engine(tmp_path, hang_timeout_s=0.3, warmup_on_start=False)
+    e.load()
+    moving = threading.Event()
+    original = e._model._decode_one_token
+
+    def stuck(*args: Any, **kwargs: Any) -> Any:
+        moving.wait(10)  # a kernel that never returns, until the test lets it
+        return original(*args, **kwargs)
+
+    e._model._decode_one_token = stuck
+    stream = e.synthesize("Hello there, this is a long enough sentence.", "alloy")
+    assert await anext(stream) == b""  # admitted: the batch is running
+    assert await e.health() is None  # not yet past the hang timeout
+    await asyncio.sleep(0.5)
+    problem = await e.health()
+    assert problem is not None and "hung" in problem
+    moving.set()
+    e._model._decode_one_token = original
+    chunks = [chunk async for chunk in stream]
+    assert chunks and await e.health() is None
