@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SERVE_CONFIG ?= serve_config.yaml
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: run test venv install install-test install-zonos flite lint typecheck bench load clean
+.PHONY: run test venv install install-test install-zonos flite browser lint typecheck bench load clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,7 +22,14 @@ flite:
 install: venv flite
 	$(BIN)/pip install -q -e .
 
-install-test: venv flite install-zonos
+# Headless Chromium and its driver for the playground's browser tests (Debian packages; no downloads).
+browser:
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
+	  echo "installing chromium and chromium-driver (apt)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+install-test: venv flite browser install-zonos
 	$(BIN)/pip install -q -e '.[test]'
 	@# CPU build of torch for the Zonos test double; never the multi-GB CUDA default.
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0 || \
