@@ -1,0 +1,238 @@
+"""Spoken-form text on the real NeMo grammars (serve_app.core.spoken).
+
+One normaliser for the whole session, loaded from the compiled cache: `make` builds the cache in
+the install step; when it is missing the fixture compiles it once (about 40-60 s on 2 cores).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from serve_app.core import spoken
+from serve_app.core.spoken import SpokenNormalizer, State, to_spoken
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get(spoken.CACHE_DIR_ENV) or REPO / "data" / "tn-cache")
+
+
+@pytest.fixture(scope="session")
+def normalizer() -> Iterator[SpokenNormalizer]:
+    if importlib.util.find_spec("nemo_text_processing") is None:
+        # Must run in CI: there a missing library fails instead of skipping.
+        message = "nemo_text_processing is not installed; run `make install-test`"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    spoken.configure(_cache_dir())
+    shared = spoken.get_normalizer("en")
+    assert shared is not None
+    shared.load()  # builds the cache in a child process if missing, then loads it
+    yield shared
+
+
+def _spoken(text: str) -> str:
+    return to_spoken(text).lower()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("I have 23 apples.", "i have twenty three apples."),
+        ("It is 1,000,000 dollars.", "one million dollars"),
+        ("That is $3.50 each.", "three dollars fifty cents"),
+        ("It costs €20 or £15.", "twenty euros or fifteen pounds"),
+        ("Prices rose 15% this year.", "fifteen percent"),
+        ("We grew 12.5% year over year.", "twelve point five percent"),
+        ("The meeting is on March 21, 2024.", "march twenty first, twenty twenty four"),
+        ("It starts on 12/25/2023.", "december twenty fifth twenty twenty three"),
+        ("See you at 3:30 pm.", "three thirty pm"),
+        ("It's 10:45 AM now.", "ten forty five am"),
+        ("This is the 21st time.", "twenty first time"),
+        ("1st, 2nd and 3rd.", "first, second and third"),
+        ("Call 555-123-4567 today.", "five five five, one two three, four five six seven"),
+        ("Go to www.example.com for details.", "www dot example dot com"),
+        ("Visit https://example.com/docs now.", "https colon slash slash example dot com slash docs"),
+        ("Write to john.doe@example.com please.", "john dot doe at example dot com"),
+        ("Dr. Smith will see you.", "doctor smith"),
+        ("Mr. Jones vs. Ms. Lee.", "mister jones versus miss lee"),
+        ("I live at 221 Baker St. in London.", "two twenty one baker street"),
+        ("Meet me at St Patrick cathedral.", "saint patrick"),
+        ("It weighs 2.5 kg.", "two point five kilograms"),
+    ],
+)
+def test_written_forms_become_words(normalizer: SpokenNormalizer, text: str, expected: str) -> None:
+    assert expected in _spoken(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Sure, I can help you with that right away.",
+        "Your appointment is confirmed for Tuesday morning with the hygienist.",
+        'He said "hello" (quietly); then left: gone!',
+        "It's a well-known fact - really.",
+        "Well... OK, I'll check — one moment.",
+        "Café naïve résumé.",
+        "NASA and the FBI said so, I think.",
+    ],
+)
+def test_plain_text_is_unchanged_and_skips_the_grammars(normalizer: SpokenNormalizer, text: str) -> None:
+    assert not normalizer.needs_normalization(text)
+    assert to_spoken(text) == text
+
+
+def test_windowed_result_equals_whole_sentence(normalizer: SpokenNormalizer) -> None:
+    """Only the words around candidates go through NeMo; the result is what the whole sentence gives."""
+    backend = normalizer._backend
+    assert backend is not None
+    for text in [
+        "Thanks for waiting, your order of 3 items ships on Friday and the total comes to $42.99 with tax.",
+        "Sure, I booked a table for 4 people at 7:30 pm tonight, and you will get an email at jo@example.com.",
+        "Please read the [guide](https://example.com/guide) before 5 pm.",
+    ]:
+        assert to_spoken(text) == backend.normalize(text, punct_post_process=True)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "   ",
+        "\n",
+        "...",
+        "\U0001f600",
+        "\u200b\ufeff",
+        'tokens { name: "x" }',
+        "a" * 3000,
+        "$" * 300,
+        "1,234 " * 60,
+        "\x00\x07 odd 5",
+    ],
+)
+def test_odd_input_never_raises(normalizer: SpokenNormalizer, text: str) -> None:
+    out = to_spoken(text)
+    assert isinstance(out, str)
+    if not text.strip():
+        assert out == text
+
+
+def test_non_string_input_comes_back(normalizer: SpokenNormalizer) -> None:
+    assert to_spoken(None) is None  # type: ignore[arg-type]
+    assert to_spoken(23) == 23  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("language", ["fr", "de-DE", "es", "zh", "xx", ""])
+def test_other_languages_pass_through(normalizer: SpokenNormalizer, language: str) -> None:
+    if language == "":
+        assert to_spoken("It is 23.", language) == "It is twenty three."  # empty tag: service default
+        return
+    assert spoken.get_normalizer(language) is None
+    assert to_spoken("Il coûte 3 € le 21/03.", language) == "Il coûte 3 € le 21/03."
+
+
+@pytest.mark.parametrize("language", [None, "en", "en-US", "EN_gb", "English"])
+def test_english_tags(normalizer: SpokenNormalizer, language: str | None) -> None:
+    assert to_spoken("23", language) == "twenty three"
+    assert spoken.get_normalizer(language) is normalizer
+
+
+def test_cache_is_versioned_and_reused(normalizer: SpokenNormalizer) -> None:
+    final = spoken.cache_subdir(_cache_dir())
+    assert "nemo-" in final.name and "pynini-" in final.name
+    assert len(list(final.glob("*.far"))) >= 3
+    assert spoken.build_cache(_cache_dir()) == final  # present: returns at once, no compile
+    assert normalizer.status()["state"] == "ready"
+
+
+def test_not_ready_passes_through_without_blocking(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cold = SpokenNormalizer(tmp_path / "empty", build_if_missing=False, retry_after_s=3600)
+    assert cold.normalize("It costs $3.50.") == "It costs $3.50."  # starts loading, passes through
+    assert not cold.wait_ready(5)
+    assert cold.state is State.FAILED
+    assert cold.status()["error"]
+    assert cold.normalize("It costs $3.50.") == "It costs $3.50."
+
+
+def test_backend_failure_returns_input_and_logs_truncated(
+    normalizer: SpokenNormalizer, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken:
+        def normalize(self, text: str, **_: object) -> str:
+            raise RuntimeError("boom")
+
+    failing = SpokenNormalizer(_cache_dir())
+    failing.load()
+    failing._backend = Broken()  # type: ignore[assignment]
+    secret = "My card number is 4111 1111 1111 1111 and " + "x" * 500
+    with caplog.at_level(logging.WARNING, logger="serve_app.core.spoken"):
+        assert failing.normalize(secret) == secret
+    assert caplog.records
+    for record in caplog.records:
+        assert "x" * 200 not in record.getMessage()
+
+
+def test_nemo_log_records_are_truncated(normalizer: SpokenNormalizer, caplog: pytest.LogCaptureFixture) -> None:
+    """NeMo logs the whole text for every '$' or '%' it meets; those records must arrive truncated."""
+    long_text = "It costs $5 and 10% more, " + "and then some more words " * 20 + "for $7."
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("serve_app.core.spoken").setLevel(logging.DEBUG)
+        try:
+            normalizer.normalize(long_text)
+        finally:
+            logging.getLogger("serve_app.core.spoken").setLevel(logging.NOTSET)
+    nemo = [r for r in caplog.records if r.name == "NeMo-text-processing"]
+    assert all(len(r.getMessage()) < 120 for r in nemo)
+    assert not logging.getLogger("NeMo-text-processing").handlers  # its own stderr handler is gone
+
+
+def test_time_budget_bounds_one_call(normalizer: SpokenNormalizer) -> None:
+    hurried = SpokenNormalizer(_cache_dir(), budget_s=0.0)
+    hurried.load()
+    text = "It costs $3.50 and 15% more."
+    assert hurried.normalize(text) == text  # over budget before the first window: kept as is
+
+
+def test_long_windows_are_cut(normalizer: SpokenNormalizer) -> None:
+    tokens = ["1,234"] * 40
+    windows = normalizer._windows(tokens, [True] * 40)
+    assert all(last - first + 1 <= normalizer.max_window_tokens for first, last in windows)
+    assert windows[0][0] == 0 and windows[-1][1] == 39
+
+
+def test_concurrent_calls_match_sequential(normalizer: SpokenNormalizer) -> None:
+    texts = [f"Order {n} costs ${n}.50 and ships on the {n}th at {n % 12 + 1}:15 pm." for n in range(1, 13)]
+    expected = [to_spoken(t) for t in texts]
+    results: dict[int, str] = {}
+
+    def work(i: int) -> None:
+        results[i] = to_spoken(texts[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(texts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [results[i] for i in range(len(texts))] == expected
+
+
+def test_load_waits_for_a_background_start(normalizer: SpokenNormalizer) -> None:
+    fresh = SpokenNormalizer(_cache_dir())
+    fresh.start()
+    fresh.load()  # joins the loader thread instead of loading a second copy
+    assert fresh.ready and fresh.wait_ready(0)
+    assert fresh.normalize("It is 23.") == "It is twenty three."
+
+
+def test_build_runs_in_a_child_process(normalizer: SpokenNormalizer) -> None:
+    """The serving process never compiles: the build is `python -m serve_app.core.spoken --build-cache`."""
+    SpokenNormalizer(_cache_dir())._build_in_child()  # cache present: the child returns at once
