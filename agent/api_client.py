@@ -87,15 +87,15 @@ class AgentApiClient:
     @classmethod
     def from_settings(cls, settings: Settings) -> AgentApiClient:
         return cls(
-            settings.api_base_url,
-            api_key=settings.agent_api_key,
-            outbox=Outbox(settings.agent_outbox_path),
+            settings.agent.api_base_url,
+            api_key=settings.agent.api_key,
+            outbox=Outbox(settings.agent.outbox_path),
             policy=RetryPolicy(
-                settings.agent_finalize_retries,
-                settings.agent_finalize_backoff_s,
-                settings.agent_finalize_max_backoff_s,
+                settings.agent.finalize_retries,
+                settings.agent.finalize_backoff_s,
+                settings.agent.finalize_max_backoff_s,
             ),
-            timeout_s=settings.agent_api_timeout_s,
+            timeout_s=settings.agent.api_timeout_s,
         )
 
     # ------------------------------------------------------------------ public API

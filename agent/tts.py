@@ -67,12 +67,12 @@ class ServeTTSOptions:
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> ServeTTSOptions:
         opts = cls(
-            voice=settings.agent_tts_voice,
-            model=settings.agent_tts_model,
-            language=settings.agent_tts_language,
-            transport=settings.agent_tts_transport,
-            base_url=settings.api_base_url,
-            api_key=settings.agent_api_key,
+            voice=settings.agent.tts_voice,
+            model=settings.agent.tts_model,
+            language=settings.agent.tts_language,
+            transport=settings.agent.tts_transport,
+            base_url=settings.agent.api_base_url,
+            api_key=settings.agent.api_key,
         )
         return replace(opts, **overrides)
 
@@ -159,7 +159,7 @@ class RouterSpeechSource:
         deployed = set(serve.status().applications[app_name].deployments)
         handles: dict[str, Any] = {}
         unavailable: dict[str, str] = {}
-        for engine in settings.tts_engine_chain:
+        for engine in settings.router.engine_chain:
             name = registry.spec(engine).deployment_name
             if name not in deployed:
                 unavailable[engine] = f"not deployed in Serve app '{app_name}'"

@@ -64,23 +64,23 @@ def _plugin(name: str) -> Any:
 
 def make_vad(settings: Settings) -> Any:
     """Silero VAD (its model ships inside the plugin package), or None when AGENT_VAD=none."""
-    if settings.agent_vad == "none":
+    if settings.agent.vad == "none":
         return None
     return _plugin("silero").VAD.load()
 
 
 def make_stt(settings: Settings) -> Any:
-    if settings.agent_stt == "deepgram":
+    if settings.agent.stt == "deepgram":
         return _plugin("deepgram").STT()
-    if settings.agent_stt == "openai":
+    if settings.agent.stt == "openai":
         return _plugin("openai").STT()
-    raise PluginMissing(f"unsupported AGENT_STT '{settings.agent_stt[:32]}' (deepgram, openai)")
+    raise PluginMissing(f"unsupported AGENT_STT '{settings.agent.stt[:32]}' (deepgram, openai)")
 
 
 def make_llm(settings: Settings) -> Any:
-    if settings.agent_llm == "openai":
-        return _plugin("openai").LLM(model=settings.agent_llm_model)
-    raise PluginMissing(f"unsupported AGENT_LLM '{settings.agent_llm[:32]}' (openai)")
+    if settings.agent.llm == "openai":
+        return _plugin("openai").LLM(model=settings.agent.llm_model)
+    raise PluginMissing(f"unsupported AGENT_LLM '{settings.agent.llm[:32]}' (openai)")
 
 
 def build_session(*, llm: Any, tts: Any = None, stt: Any = None, vad: Any = None) -> AgentSession:
@@ -104,13 +104,13 @@ class AgentRuntime:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AgentRuntime:
-        return cls(settings, AgentApiClient.from_settings(settings), LatencyMonitor(settings.agent_latency_window))
+        return cls(settings, AgentApiClient.from_settings(settings), LatencyMonitor(settings.agent.latency_window))
 
     def ensure_replayer(self) -> None:
         """Replay queued finalizations now and periodically (once per process)."""
         if self.replayer is None or self.replayer.done():
             self.replayer = asyncio.get_running_loop().create_task(
-                self.api.run_outbox_replayer(self.settings.agent_outbox_replay_interval_s)
+                self.api.run_outbox_replayer(self.settings.agent.outbox_replay_interval_s)
             )
 
     async def aclose(self) -> None:
@@ -147,7 +147,7 @@ async def entrypoint(ctx: JobContext) -> None:
     await ctx.connect()
     participant = await ctx.wait_for_participant()
     info = await runtime.api.create_session(
-        ctx.room.name, participant.identity, agent_name=settings.agent_name, metadata={"job_id": ctx.job.id}
+        ctx.room.name, participant.identity, agent_name=settings.agent.name, metadata={"job_id": ctx.job.id}
     )
     session_id = info["id"] if info else None
     active = open_session(
@@ -156,7 +156,7 @@ async def entrypoint(ctx: JobContext) -> None:
         api=runtime.api,
         monitor=runtime.monitor,
         registry=runtime.registry,
-        heartbeat_interval_s=settings.agent_heartbeat_interval_s,
+        heartbeat_interval_s=settings.agent.heartbeat_interval_s,
     )
     tts = ServeTTS(ServeTTSOptions.from_settings(settings, session_id=session_id), settings=settings)
     cleanup = make_shutdown_callback(active, runtime.registry)
@@ -170,7 +170,7 @@ async def entrypoint(ctx: JobContext) -> None:
     vad = ctx.proc.userdata.get("vad")
     session = build_session(llm=make_llm(settings), tts=tts, stt=make_stt(settings), vad=vad)
     active.tracker.attach(session.llm, session.tts, session.stt)
-    await session.start(agent=VoiceAgent(settings.agent_instructions), room=ctx.room)
+    await session.start(agent=VoiceAgent(settings.agent.instructions), room=ctx.room)
     logger.info("agent joined room %s (session %s)", ctx.room.name[:64], session_id)
 
 
@@ -181,16 +181,16 @@ def build_server(settings: Settings | None = None, *, port: int | None = None) -
     if port is not None:
         kwargs["port"] = port
     server = AgentServer(
-        job_executor_type=JobExecutorType(settings.agent_job_executor),
-        num_idle_processes=settings.agent_num_idle_processes,
-        drain_timeout=settings.agent_drain_timeout_s,
-        ws_url=settings.livekit_url,
-        api_key=settings.livekit_api_key,
-        api_secret=settings.livekit_api_secret,
+        job_executor_type=JobExecutorType(settings.agent.job_executor),
+        num_idle_processes=settings.agent.num_idle_processes,
+        drain_timeout=settings.agent.drain_timeout_s,
+        ws_url=settings.agent.livekit_url,
+        api_key=settings.agent.livekit_api_key,
+        api_secret=settings.agent.livekit_api_secret,
         setup_fnc=prewarm,
         **kwargs,
     )
-    server.rtc_session(entrypoint, agent_name=settings.agent_name)
+    server.rtc_session(entrypoint, agent_name=settings.agent.name)
     return server
 
 
@@ -260,12 +260,12 @@ class AgentWorkerHost:
             "active_jobs": active_jobs,
             "active_sessions": len(self.runtime.registry),
             "health_port": server.worker_info.http_port,
-            "livekit_url": self.settings.livekit_url,
+            "livekit_url": self.settings.agent.livekit_url,
             "outbox_pending": pending,
         }
 
     async def drain(self, timeout_s: float | None = None) -> dict[str, Any]:
-        timeout = int(timeout_s if timeout_s is not None else self.settings.agent_drain_timeout_s)
+        timeout = int(timeout_s if timeout_s is not None else self.settings.agent.drain_timeout_s)
         self.state = "draining"
         if self._task is not None and not self._task.done():
             try:
@@ -290,7 +290,7 @@ def agent_actor_class(num_cpus: float | None = None) -> Any:
     """`AgentWorkerHost` as a Ray actor class (made lazily: importing this module needs no Ray)."""
     import ray
 
-    cpus = get_settings().agent_actor_num_cpus if num_cpus is None else num_cpus
+    cpus = get_settings().agent.actor_num_cpus if num_cpus is None else num_cpus
     options: dict[str, Any] = {"num_cpus": cpus, "max_concurrency": 16}
     return ray.remote(**options)(AgentWorkerHost)
 
@@ -330,13 +330,13 @@ async def run_ray(replicas: int, *, address: str | None = None) -> int:
     actors = spawn_actors(replicas)
 
     async def drain() -> None:
-        for status in await drain_actors(actors, settings.agent_drain_timeout_s):
+        for status in await drain_actors(actors, settings.agent.drain_timeout_s):
             logger.info("agent actor %s: %s", status.get("index"), status.get("state"))
         for actor in actors:
             with contextlib.suppress(Exception):
                 ray.kill(actor)
 
-    coordinator = ShutdownCoordinator(drain, timeout_s=settings.agent_drain_timeout_s + 30)
+    coordinator = ShutdownCoordinator(drain, timeout_s=settings.agent.drain_timeout_s + 30)
     coordinator.install()
     await coordinator.wait()
     return 0

@@ -41,7 +41,7 @@ class CorsPolicy:
 
 def allowed_origins(settings: Settings) -> list[str]:
     """Origins allowed by the configuration, with the development fallback and production failsafe."""
-    origins = [o.rstrip("/") for o in settings.cors_allowed_origins if o.strip()]
+    origins = [o.rstrip("/") for o in settings.http.cors_allowed_origins if o.strip()]
     if origins:
         return origins
     if settings.is_production:
@@ -60,7 +60,7 @@ def cors_policy(settings: Settings) -> CorsPolicy:
         origins = ["*"]
     return CorsPolicy(
         allow_origins=origins,
-        allow_credentials=settings.cors_allow_credentials and not wildcard,
+        allow_credentials=settings.http.cors_allow_credentials and not wildcard,
         allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type", "X-Request-ID", "OpenAI-Organization"],
         expose_headers=["X-Request-ID", "X-TTS-Engine", "X-Sample-Rate"],

@@ -110,4 +110,5 @@ def configure_from_settings() -> None:
     from config.settings import get_settings
 
     settings = get_settings()
-    configure_logging(settings.log_level, json_lines=settings.log_json, text_max_chars=settings.log_text_max_chars)
+    log = settings.log
+    configure_logging(log.level, json_lines=log.json_lines, text_max_chars=log.text_max_chars)

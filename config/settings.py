@@ -2,8 +2,10 @@
 
 Every knob comes from an environment variable (or `.env`), so a Ray replica on another node
 configures itself from the `runtime_env` the operator set, and nothing is hard-coded in code.
-A bad value stops the process at start with one line per offending variable
-(`SettingsError`), instead of failing on the first request an hour later.
+Settings are grouped by area (`settings.db`, `settings.router`, ...), each area a settings class of
+its own that reads the variables listed in `.env.example`. A bad value stops the process at start
+with one line per offending variable (`SettingsError`), instead of failing on the first request an
+hour later.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -54,25 +56,41 @@ def settings_config(env_prefix: str = "") -> SettingsConfigDict:
         extra="ignore",
         case_sensitive=False,
         env_ignore_empty=True,
+        populate_by_name=True,
     )
 
 
-class Settings(BaseSettings):
-    """Settings of the service. Field names map to upper-case environment variables.
-
-    Engines add their own classes (prefix `<ENGINE>_`) next to their code; see
-    `serve_app.engines.spec.EngineSettings`.
-    """
+class GeneralSettings(BaseSettings):
+    """`ENV`: production turns the security failsafes on."""
 
     model_config = settings_config()
 
-    # --- general -------------------------------------------------------------------------
     env: Environment = Environment.DEVELOPMENT
-    log_level: str = "INFO"
-    log_json: bool = False
-    log_text_max_chars: int = Field(80, ge=10, le=500)
 
-    # --- HTTP surface --------------------------------------------------------------------
+
+class LogSettings(BaseSettings):
+    """`LOG_*`: level, JSON lines, and how much user text a log line may carry."""
+
+    model_config = settings_config(env_prefix="LOG_")
+
+    level: str = "INFO"
+    json_lines: bool = Field(False, validation_alias=AliasChoices("LOG_JSON", "json_lines"))
+    text_max_chars: int = Field(80, ge=10, le=500)
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+
+class HttpSettings(BaseSettings):
+    """The HTTP surface: CORS, API keys, and the limits on what a request may carry."""
+
+    model_config = settings_config()
+
     cors_allowed_origins: CsvList = Field(default_factory=list)
     cors_allow_credentials: bool = True
     api_keys: CsvList = Field(default_factory=list)
@@ -80,78 +98,35 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1024)
     max_upload_bytes: int = Field(10 * 1_048_576, ge=1024)
 
-    # --- engines and the fallback chain ---------------------------------------------------
-    # The default chain: the only place besides each engine's own module that names engines.
-    tts_engine_chain: CsvList = Field(default_factory=lambda: ["zonos", "edge", "piper", "flite"])
-    tts_max_strikes: int = Field(3, ge=1, le=100)
-    tts_breaker_cooldown_s: float = Field(5.0, gt=0)
-    tts_breaker_max_cooldown_s: float = Field(120.0, gt=0)
-    tts_probe_text: str = "Probe."
-    tts_ttfb_timeout_s: float = Field(8.0, gt=0)
-    tts_stall_timeout_s: float = Field(8.0, gt=0)
-    tts_engine_concurrency: int = Field(64, ge=1)
-    tts_sentence_max_chars: int = Field(250, ge=20, le=2000)
-    tts_lookahead_sentences: int = Field(2, ge=0, le=16)
-    # Registered voice clones (reference clips), read by engines that clone.
-    voices_dir: str = "./data/voices"
-    voices_max: int = Field(1000, ge=1)
-
-    # --- database ------------------------------------------------------------------------
-    database_url: str = "sqlite+aiosqlite:///./data/sessions.db"
-    db_pool_size: int = Field(10, ge=1)
-    db_max_overflow: int = Field(20, ge=0)
-    db_pool_recycle: int = Field(3600, ge=-1)
-    db_pool_pre_ping: bool = True
-    db_pool_timeout: float = Field(10.0, gt=0)
-    db_connect_timeout: float = Field(5.0, gt=0)
-    db_statement_timeout_ms: int = Field(15_000, ge=0)
-    db_keepalives_idle: int = Field(30, ge=1)
-    db_keepalives_interval: int = Field(10, ge=1)
-    db_keepalives_count: int = Field(5, ge=1)
-    db_breaker_failures: int = Field(3, ge=1)
-    db_breaker_reset_s: float = Field(5.0, gt=0)
-    db_migrate_on_start: bool = True
-    debug_sql: bool = False
-
-    # sessions
-    session_ttl_s: float = Field(300.0, gt=0)
-    session_sweep_interval_s: float = Field(30.0, gt=0)
-
-    # --- agent ---------------------------------------------------------------------------
-    api_base_url: str = "http://127.0.0.1:8000"
-    agent_api_key: str | None = None
-    agent_name: str = "voice-agent"
-    agent_tts_voice: str = "alloy"
-    agent_tts_transport: str = Field("auto", pattern="^(auto|handle|http)$")
-    agent_outbox_path: str = "./data/agent-outbox.jsonl"
-    agent_finalize_retries: int = Field(4, ge=0)
-    agent_finalize_backoff_s: float = Field(0.5, gt=0)
-    agent_heartbeat_interval_s: float = Field(30.0, gt=0)
-    agent_latency_window: int = Field(512, ge=8)
-    agent_stt: str = "deepgram"
-    agent_llm: str = "openai"
-    agent_llm_model: str = "gpt-4o-mini"
-    livekit_url: str | None = None
-    livekit_api_key: str | None = None
-    livekit_api_secret: str | None = None
-    agent_tts_model: str = "tts-1"
-    agent_tts_language: str | None = None
-    agent_api_timeout_s: float = Field(10.0, gt=0)
-    agent_finalize_max_backoff_s: float = Field(8.0, gt=0)
-    agent_outbox_replay_interval_s: float = Field(30.0, gt=0)
-    agent_instructions: str = "You are a friendly voice assistant. Answer briefly, in plain spoken sentences."
-    agent_vad: str = Field("silero", pattern="^(silero|none)$")
-    agent_job_executor: str = Field("process", pattern="^(process|thread)$")
-    agent_num_idle_processes: int = Field(1, ge=0, le=64)
-    agent_drain_timeout_s: int = Field(600, ge=1)
-    agent_actor_num_cpus: float = Field(1.0, gt=0)
-
-    @field_validator("cors_allowed_origins", "api_keys", "tts_engine_chain", mode="before")
+    @field_validator("cors_allowed_origins", "api_keys", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
 
-    @field_validator("tts_engine_chain")
+
+class RouterSettings(BaseSettings):
+    """`TTS_*`: the fallback chain and the budgets every engine gets unless it sets its own."""
+
+    model_config = settings_config(env_prefix="TTS_")
+
+    # The default chain: the only place besides each engine's own module that names engines.
+    engine_chain: CsvList = Field(default_factory=lambda: ["zonos", "edge", "piper", "flite"])
+    max_strikes: int = Field(3, ge=1, le=100)
+    breaker_cooldown_s: float = Field(5.0, gt=0)
+    breaker_max_cooldown_s: float = Field(120.0, gt=0)
+    probe_text: str = "Probe."
+    ttfb_timeout_s: float = Field(8.0, gt=0)
+    stall_timeout_s: float = Field(8.0, gt=0)
+    engine_concurrency: int = Field(64, ge=1)
+    sentence_max_chars: int = Field(250, ge=20, le=2000)
+    lookahead_sentences: int = Field(2, ge=0, le=16)
+
+    @field_validator("engine_chain", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("engine_chain")
     @classmethod
     def _chain(cls, value: list[str]) -> list[str]:
         """Shape only; which names exist is the engine registry's business (checked at build time)."""
@@ -162,15 +137,46 @@ class Settings(BaseSettings):
             raise ValueError("an engine is listed twice")
         return names
 
-    @field_validator("log_level")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        level = value.upper()
-        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
-        return level
+    @model_validator(mode="after")
+    def _cooldowns(self) -> RouterSettings:
+        if self.breaker_max_cooldown_s < self.breaker_cooldown_s:
+            raise ValueError("TTS_BREAKER_MAX_COOLDOWN_S must be >= TTS_BREAKER_COOLDOWN_S")
+        return self
 
-    @field_validator("database_url")
+
+class VoiceSettings(BaseSettings):
+    """`VOICES_*`: registered voice clones (reference clips): where they are kept, how many at most."""
+
+    model_config = settings_config(env_prefix="VOICES_")
+
+    dir: str = "./data/voices"
+    max: int = Field(1000, ge=1)
+
+
+class DatabaseSettings(BaseSettings):
+    """`DATABASE_URL`, `DB_*`, `DEBUG_SQL`: the sessions database and its pool."""
+
+    model_config = settings_config(env_prefix="DB_")
+
+    url: str = Field(
+        "sqlite+aiosqlite:///./data/sessions.db", validation_alias=AliasChoices("DATABASE_URL", "url")
+    )
+    pool_size: int = Field(10, ge=1)
+    max_overflow: int = Field(20, ge=0)
+    pool_recycle: int = Field(3600, ge=-1)
+    pool_pre_ping: bool = True
+    pool_timeout: float = Field(10.0, gt=0)
+    connect_timeout: float = Field(5.0, gt=0)
+    statement_timeout_ms: int = Field(15_000, ge=0)
+    keepalives_idle: int = Field(30, ge=1)
+    keepalives_interval: int = Field(10, ge=1)
+    keepalives_count: int = Field(5, ge=1)
+    breaker_failures: int = Field(3, ge=1)
+    breaker_reset_s: float = Field(5.0, gt=0)
+    migrate_on_start: bool = True
+    debug_sql: bool = Field(False, validation_alias=AliasChoices("DEBUG_SQL", "debug_sql"))
+
+    @field_validator("url")
     @classmethod
     def _db_url(cls, value: str) -> str:
         if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://", "postgresql://")):
@@ -179,42 +185,159 @@ class Settings(BaseSettings):
             value = "postgresql+asyncpg://" + value[len("postgresql://") :]
         return value
 
-    @model_validator(mode="after")
-    def _cooldowns(self) -> Settings:
-        if self.tts_breaker_max_cooldown_s < self.tts_breaker_cooldown_s:
-            raise ValueError("TTS_BREAKER_MAX_COOLDOWN_S must be >= TTS_BREAKER_COOLDOWN_S")
-        return self
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+
+class SessionSettings(BaseSettings):
+    """`SESSION_*`: when a silent session is presumed gone, and how often that is checked."""
+
+    model_config = settings_config(env_prefix="SESSION_")
+
+    ttl_s: float = Field(300.0, gt=0)
+    sweep_interval_s: float = Field(30.0, gt=0)
+
+
+class AgentSettings(BaseSettings):
+    """`AGENT_*`, `API_BASE_URL`, `LIVEKIT_*`: the voice-agent workers."""
+
+    model_config = settings_config(env_prefix="AGENT_")
+
+    api_base_url: str = Field("http://127.0.0.1:8000", validation_alias=AliasChoices("API_BASE_URL", "api_base_url"))
+    api_key: str | None = None
+    name: str = "voice-agent"
+    tts_voice: str = "alloy"
+    tts_transport: str = Field("auto", pattern="^(auto|handle|http)$")
+    outbox_path: str = "./data/agent-outbox.jsonl"
+    finalize_retries: int = Field(4, ge=0)
+    finalize_backoff_s: float = Field(0.5, gt=0)
+    heartbeat_interval_s: float = Field(30.0, gt=0)
+    latency_window: int = Field(512, ge=8)
+    stt: str = "deepgram"
+    llm: str = "openai"
+    llm_model: str = "gpt-4o-mini"
+    livekit_url: str | None = Field(None, validation_alias=AliasChoices("LIVEKIT_URL", "livekit_url"))
+    livekit_api_key: str | None = Field(None, validation_alias=AliasChoices("LIVEKIT_API_KEY", "livekit_api_key"))
+    livekit_api_secret: str | None = Field(
+        None, validation_alias=AliasChoices("LIVEKIT_API_SECRET", "livekit_api_secret")
+    )
+    tts_model: str = "tts-1"
+    tts_language: str | None = None
+    api_timeout_s: float = Field(10.0, gt=0)
+    finalize_max_backoff_s: float = Field(8.0, gt=0)
+    outbox_replay_interval_s: float = Field(30.0, gt=0)
+    instructions: str = "You are a friendly voice assistant. Answer briefly, in plain spoken sentences."
+    vad: str = Field("silero", pattern="^(silero|none)$")
+    job_executor: str = Field("process", pattern="^(process|thread)$")
+    num_idle_processes: int = Field(1, ge=0, le=64)
+    drain_timeout_s: int = Field(600, ge=1)
+    actor_num_cpus: float = Field(1.0, gt=0)
+
+
+class Settings(BaseModel):
+    """Settings of the service, one sub-model per area (`settings.db.pool_size`, ...).
+
+    Each area reads its own environment variables (the names in `.env.example`); engines add their
+    own areas next to their code (`serve_app.engines.spec.EngineSettings`, prefix `<ENGINE>_`).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    env: Environment = Environment.DEVELOPMENT
+    log: LogSettings
+    http: HttpSettings
+    router: RouterSettings
+    voices: VoiceSettings
+    db: DatabaseSettings
+    sessions: SessionSettings
+    agent: AgentSettings
 
     @property
     def is_production(self) -> bool:
         return self.env is Environment.PRODUCTION
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
+
+SECTIONS: dict[str, type[BaseSettings]] = {
+    "log": LogSettings,
+    "http": HttpSettings,
+    "router": RouterSettings,
+    "voices": VoiceSettings,
+    "db": DatabaseSettings,
+    "sessions": SessionSettings,
+    "agent": AgentSettings,
+}
 
 
-def format_validation_error(error: ValidationError, env_prefix: str = "") -> str:
-    """One line per bad variable, named as the operator writes it (upper case, with its prefix)."""
+def env_name(cls: type[BaseSettings], field: str) -> str:
+    """The environment variable that sets `field` of `cls` (its alias, or prefix + name)."""
+    info = cls.model_fields[field]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        first = alias.choices[0]
+        if isinstance(first, str):
+            return first.upper()
+    return (str(cls.model_config.get("env_prefix", "")) + field).upper()
+
+
+def variables(cls: type[BaseSettings]) -> dict[str, str]:
+    """Every variable `cls` reads, mapped to its field."""
+    return {env_name(cls, field): field for field in cls.model_fields}
+
+
+def all_variables() -> set[str]:
+    """Every variable the service's own settings read (engines add theirs, prefixed)."""
+    return {name for cls in (GeneralSettings, *SECTIONS.values()) for name in variables(cls)}
+
+
+def format_validation_error(error: ValidationError, cls: type[BaseSettings]) -> str:
+    """One line per bad variable, named as the operator writes it."""
+    by_field = {field: env_name(cls, field) for field in cls.model_fields}
+    by_alias = {name.lower(): name for name in by_field.values()}
     lines = []
     for item in error.errors():
-        name = (env_prefix + "_".join(str(p) for p in item["loc"])).upper() or "SETTINGS"
+        first = str(item["loc"][0]) if item["loc"] else ""
+        name = by_field.get(first) or by_alias.get(first.lower())
+        if name is None:  # a check across fields: its message names the variables
+            name = str(cls.model_config.get("env_prefix", "")).rstrip("_") or "SETTINGS"
         lines.append(f"invalid setting {name}: {item['msg']}")
     return "\n".join(lines)
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Build Settings from the environment, raising `SettingsError` with readable lines."""
-    return load_section(Settings, **overrides)
-
-
 def load_section(cls: type[S], **overrides: Any) -> S:
-    """Any settings class from the environment, with `SettingsError` lines naming the variables."""
+    """One settings class from the environment, with `SettingsError` lines naming the variables."""
     try:
         return cls(**overrides)
     except ValidationError as exc:
-        prefix = str(cls.model_config.get("env_prefix", ""))
-        raise SettingsError(format_validation_error(exc, prefix)) from None
+        raise SettingsError(format_validation_error(exc, cls)) from None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Every area from the environment; all bad variables are reported together.
+
+    `overrides` are keyed by variable name, lower case (`database_url=...`, `db_pool_size=...`), as
+    tests and tools set them; `_env_file` applies to every area.
+    """
+    env_file = {key: overrides.pop(key) for key in ("_env_file",) if key in overrides}
+    routed: dict[str, dict[str, Any]] = {name: dict(env_file) for name in ("general", *SECTIONS)}
+    classes: dict[str, type[BaseSettings]] = {"general": GeneralSettings, **SECTIONS}
+    owner = {var.lower(): (area, field) for area, cls in classes.items() for var, field in variables(cls).items()}
+    for key, value in overrides.items():
+        if key.lower() not in owner:
+            raise SettingsError(f"unknown setting {key.upper()}")
+        area, field = owner[key.lower()]
+        routed[area][field] = value
+    loaded: dict[str, Any] = {}
+    problems: list[str] = []
+    for area, cls in classes.items():
+        try:
+            loaded[area] = load_section(cls, **routed[area])
+        except SettingsError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise SettingsError("\n".join(problems))
+    general = loaded.pop("general")
+    return Settings(env=general.env, **loaded)
 
 
 @functools.lru_cache(maxsize=1)

@@ -40,7 +40,7 @@ async def open_state(settings: Settings, router: FallbackRouter, drain: ReplicaD
         settings=settings,
         router=router,
         drain=drain,
-        voices=VoiceStore(settings.voices_dir, max_voices=settings.voices_max),
+        voices=VoiceStore(settings.voices.dir, max_voices=settings.voices.max),
     )
     async with contextlib.AsyncExitStack() as stack:
         opened = await stack.enter_async_context(open_database(settings))

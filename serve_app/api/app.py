@@ -62,7 +62,7 @@ def create_app(settings: Settings, router: FallbackRouter, *, add_request_id: bo
         expose_headers=policy.expose_headers,
         max_age=policy.max_age,
     )
-    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
+    app.add_middleware(BodySizeLimit, limit=settings.http.max_body_bytes, upload_limit=settings.http.max_upload_bytes)
     if add_request_id:
         app.add_middleware(RequestId)
     app.add_middleware(InFlightCounter, drain=drain)  # outermost: counts until the last byte is sent

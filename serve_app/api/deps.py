@@ -28,7 +28,7 @@ class AuthConfigurationError(RuntimeError):
 
 def check_auth_settings(settings: Settings) -> None:
     """Failsafe like CORS: production must configure API keys."""
-    if settings.is_production and not settings.api_keys:
+    if settings.is_production and not settings.http.api_keys:
         raise AuthConfigurationError("API_KEYS must be set when ENV=production (comma-separated bearer keys)")
 
 
@@ -78,7 +78,7 @@ UsageDep = Annotated[UsageRecorder | None, Depends(get_usage)]
 
 def _key_problem(request: Request, settings: Settings) -> str | None:
     """Why the request is not authorized, or None (always None when API_KEYS is not set)."""
-    keys = settings.api_keys
+    keys = settings.http.api_keys
     if not keys:
         return None
     header = request.headers.get("authorization", "")

@@ -40,7 +40,7 @@ async def upload_voice(
     name: Annotated[str | None, Form(max_length=NAME_MAX_CHARS)] = None,
 ) -> dict[str, Any]:
     """Register a reference clip for voice cloning; returns the voice id to use in speech requests."""
-    data = await _read_bounded(file, settings.max_upload_bytes)
+    data = await _read_bounded(file, settings.http.max_upload_bytes)
     if not data:
         raise InvalidInput("file is empty", code="invalid_audio", param="file")
     try:

@@ -34,17 +34,17 @@ class Database:
         self.settings = settings
         self.engine = create_engine(settings)
         self.monitor = PoolMonitor(self.engine)
-        self.guard = DatabaseGuard(settings.db_breaker_failures, settings.db_breaker_reset_s)
+        self.guard = DatabaseGuard(settings.db.breaker_failures, settings.db.breaker_reset_s)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
-        statement_s = settings.db_statement_timeout_ms / 1000 if not settings.is_sqlite else 0.0
+        statement_s = settings.db.statement_timeout_ms / 1000 if not settings.db.is_sqlite else 0.0
         # Waiting for a pooled connection, opening one, then running the statements.
-        self.operation_timeout_s = settings.db_pool_timeout + settings.db_connect_timeout + statement_s + 1.0
-        self.health_timeout_s = settings.db_connect_timeout + 1.0
+        self.operation_timeout_s = settings.db.pool_timeout + settings.db.connect_timeout + statement_s + 1.0
+        self.health_timeout_s = settings.db.connect_timeout + 1.0
         # SQLite has one writer at a time and every transaction here begins IMMEDIATE. Queuing
         # this process's transactions on a lock is fair and instant, where contending for the
         # file lock makes SQLite's busy handler sleep in steps of up to 100 ms. Other processes
         # sharing the file still wait on the busy timeout.
-        self._sqlite_lock: asyncio.Lock | None = asyncio.Lock() if settings.is_sqlite else None
+        self._sqlite_lock: asyncio.Lock | None = asyncio.Lock() if settings.db.is_sqlite else None
         logger.debug("database engine created for %s", safe_url(settings))
 
     @property

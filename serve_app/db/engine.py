@@ -36,25 +36,25 @@ def server_settings(settings: Settings) -> dict[str, str]:
     """PostgreSQL run-time parameters sent in the startup packet of every connection."""
     return {
         "application_name": APPLICATION_NAME,
-        "tcp_keepalives_idle": str(settings.db_keepalives_idle),
-        "tcp_keepalives_interval": str(settings.db_keepalives_interval),
-        "tcp_keepalives_count": str(settings.db_keepalives_count),
-        "statement_timeout": str(settings.db_statement_timeout_ms),
+        "tcp_keepalives_idle": str(settings.db.keepalives_idle),
+        "tcp_keepalives_interval": str(settings.db.keepalives_interval),
+        "tcp_keepalives_count": str(settings.db.keepalives_count),
+        "statement_timeout": str(settings.db.statement_timeout_ms),
         # A transaction left open by a crashed client must not hold locks forever.
-        "idle_in_transaction_session_timeout": str(max(settings.db_statement_timeout_ms * 4, 60_000)),
+        "idle_in_transaction_session_timeout": str(max(settings.db.statement_timeout_ms * 4, 60_000)),
     }
 
 
 def connect_args(settings: Settings) -> dict[str, Any]:
     """Driver arguments for the configured backend."""
-    if settings.is_sqlite:
+    if settings.db.is_sqlite:
         # aiosqlite's timeout is SQLite's busy timeout: how long a writer waits for the lock.
-        return {"timeout": max(settings.db_pool_timeout, 5.0)}
-    statement_ms = settings.db_statement_timeout_ms
+        return {"timeout": max(settings.db.pool_timeout, 5.0)}
+    statement_ms = settings.db.statement_timeout_ms
     # Client-side bound a little above the server's statement_timeout (0 means no limit).
     command_timeout = statement_ms / 1000 + 5 if statement_ms else None
     return {
-        "timeout": settings.db_connect_timeout,
+        "timeout": settings.db.connect_timeout,
         "command_timeout": command_timeout,
         "server_settings": server_settings(settings),
     }
@@ -70,9 +70,9 @@ def set_client_keepalive(sock: SocketLike, settings: Settings) -> None:
         return
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for name, value in (
-        ("TCP_KEEPIDLE", settings.db_keepalives_idle),
-        ("TCP_KEEPINTVL", settings.db_keepalives_interval),
-        ("TCP_KEEPCNT", settings.db_keepalives_count),
+        ("TCP_KEEPIDLE", settings.db.keepalives_idle),
+        ("TCP_KEEPINTVL", settings.db.keepalives_interval),
+        ("TCP_KEEPCNT", settings.db.keepalives_count),
     ):
         option = getattr(socket, name, None)
         if option is not None:  # Linux has all three; other platforms may lack some
@@ -102,7 +102,7 @@ def _install_postgres_listeners(engine: AsyncEngine, settings: Settings) -> None
 
 
 def _install_sqlite_listeners(engine: AsyncEngine, settings: Settings) -> None:
-    busy_ms = int(max(settings.db_pool_timeout, 5.0) * 1000)
+    busy_ms = int(max(settings.db.pool_timeout, 5.0) * 1000)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -124,20 +124,20 @@ def _install_sqlite_listeners(engine: AsyncEngine, settings: Settings) -> None:
 
 def create_engine(settings: Settings) -> AsyncEngine:
     """The process's AsyncEngine with the pool sized and guarded as the settings say."""
-    url = make_url(settings.database_url)
-    if settings.is_sqlite and url.database and url.database != ":memory:":
+    url = make_url(settings.db.url)
+    if settings.db.is_sqlite and url.database and url.database != ":memory:":
         Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(
         url,
-        echo=settings.debug_sql,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
-        pool_recycle=settings.db_pool_recycle,
-        pool_pre_ping=settings.db_pool_pre_ping,
-        pool_timeout=settings.db_pool_timeout,
+        echo=settings.db.debug_sql,
+        pool_size=settings.db.pool_size,
+        max_overflow=settings.db.max_overflow,
+        pool_recycle=settings.db.pool_recycle,
+        pool_pre_ping=settings.db.pool_pre_ping,
+        pool_timeout=settings.db.pool_timeout,
         connect_args=connect_args(settings),
     )
-    if settings.is_sqlite:
+    if settings.db.is_sqlite:
         _install_sqlite_listeners(engine, settings)
     else:
         _install_postgres_listeners(engine, settings)
@@ -146,4 +146,4 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 def safe_url(settings: Settings) -> str:
     """The database URL with the password hidden, for logs and health output."""
-    return make_url(settings.database_url).render_as_string(hide_password=True)
+    return make_url(settings.db.url).render_as_string(hide_password=True)

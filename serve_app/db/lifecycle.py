@@ -64,8 +64,8 @@ class OpenDatabase:
 @contextlib.asynccontextmanager
 async def open_database(settings: Settings) -> AsyncIterator[OpenDatabase]:
     database = Database(settings)
-    migrated = not settings.db_migrate_on_start
-    if settings.db_migrate_on_start:
+    migrated = not settings.db.migrate_on_start
+    if settings.db.migrate_on_start:
         try:
             await database.migrate()
             migrated = True
@@ -77,8 +77,8 @@ async def open_database(settings: Settings) -> AsyncIterator[OpenDatabase]:
     store = SessionStore(database)
     sweeper = Sweeper(
         database,
-        ttl_s=settings.session_ttl_s,
-        interval_s=settings.session_sweep_interval_s,
+        ttl_s=settings.sessions.ttl_s,
+        interval_s=settings.sessions.sweep_interval_s,
         migrated=migrated,
     )
     sweeper.start()

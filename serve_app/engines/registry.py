@@ -64,7 +64,7 @@ def engine_settings(name: str) -> EngineSettings:
 
 def check_chain(settings: Settings) -> None:
     """Fail at start, with the variable named, when the chain lists an engine nobody declares."""
-    unknown = [n for n in settings.tts_engine_chain if n not in specs()]
+    unknown = [n for n in settings.router.engine_chain if n not in specs()]
     if unknown:
         raise SettingsError(
             f"invalid setting TTS_ENGINE_CHAIN: unknown engine(s) {unknown}; choose from {sorted(specs())}"
@@ -150,7 +150,7 @@ def plan(settings: Settings, engines: dict[str, EngineSettings], gpus: float) ->
             problem = None
         if not own.enabled:
             unusable[name] = f"disabled by {prefix}ENABLED=false"
-        elif name not in settings.tts_engine_chain:
+        elif name not in settings.router.engine_chain:
             unusable[name] = "not in TTS_ENGINE_CHAIN"
         elif problem is not None:
             unusable[name] = problem

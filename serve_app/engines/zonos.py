@@ -784,7 +784,7 @@ def _build(settings: ZonosSettings, context: EngineContext) -> ZonosEngine:
         device=settings.device,
         language=settings.language,
         speaker_audio=settings.speaker_audio,
-        voices_dir=context.settings.voices_dir,
+        voices_dir=context.settings.voices.dir,
         seed=settings.seed,
         voice_cache_size=settings.voice_cache_size,
         max_batch_size=settings.max_batch_size,

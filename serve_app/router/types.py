@@ -51,22 +51,22 @@ class RouterConfig:
     ) -> RouterConfig:
         """Global `TTS_*` values, with each engine's own budgets (its `EngineSettings`) where set."""
         return cls(
-            chain=tuple(s.tts_engine_chain),
-            max_strikes=s.tts_max_strikes,
-            cooldown_s=s.tts_breaker_cooldown_s,
-            max_cooldown_s=s.tts_breaker_max_cooldown_s,
-            ttfb_timeout_s=s.tts_ttfb_timeout_s,
-            stall_timeout_s=s.tts_stall_timeout_s,
-            engine_concurrency=s.tts_engine_concurrency,
-            sentence_max_chars=s.tts_sentence_max_chars,
-            lookahead=s.tts_lookahead_sentences,
-            max_input_chars=s.max_input_chars,
-            probe_text=s.tts_probe_text,
+            chain=tuple(s.router.engine_chain),
+            max_strikes=s.router.max_strikes,
+            cooldown_s=s.router.breaker_cooldown_s,
+            max_cooldown_s=s.router.breaker_max_cooldown_s,
+            ttfb_timeout_s=s.router.ttfb_timeout_s,
+            stall_timeout_s=s.router.stall_timeout_s,
+            engine_concurrency=s.router.engine_concurrency,
+            sentence_max_chars=s.router.sentence_max_chars,
+            lookahead=s.router.lookahead_sentences,
+            max_input_chars=s.http.max_input_chars,
+            probe_text=s.router.probe_text,
             engine_limits={
                 name: EngineLimits(
-                    ttfb_timeout_s=own.ttfb_timeout_s or s.tts_ttfb_timeout_s,
-                    stall_timeout_s=own.stall_timeout_s or s.tts_stall_timeout_s,
-                    concurrency=own.concurrency or s.tts_engine_concurrency,
+                    ttfb_timeout_s=own.ttfb_timeout_s or s.router.ttfb_timeout_s,
+                    stall_timeout_s=own.stall_timeout_s or s.router.stall_timeout_s,
+                    concurrency=own.concurrency or s.router.engine_concurrency,
                 )
                 for name, own in (engines or {}).items()
             },

@@ -36,7 +36,7 @@ def assert_openai_error(response: httpx.Response, status: int) -> dict[str, Any]
 
 
 def test_100000_characters_get_a_400_naming_the_limit(client: httpx.Client) -> None:
-    limit = get_settings().max_input_chars
+    limit = get_settings().http.max_input_chars
     text = ("word " * 20_000)[:100_000]
     error = assert_openai_error(client.post("/v1/audio/speech", json=payload(input=text)), 400)
     assert f"the limit is {limit}" in error["message"] and error["code"] == "invalid_input"
@@ -99,7 +99,7 @@ def _chunked(total: int, piece: int = 64 * 1024) -> Iterator[bytes]:
 
 
 def test_chunked_bodies_are_limited_as_they_arrive(client: httpx.Client) -> None:
-    limit = get_settings().max_body_bytes
+    limit = get_settings().http.max_body_bytes
     over = client.post(
         "/v1/audio/speech", content=_chunked(limit + 128 * 1024), headers={"Content-Type": "application/json"}
     )

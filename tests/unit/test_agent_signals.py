@@ -88,11 +88,11 @@ async def _child(url: str, count: int, outbox: str) -> int:
     )
     runtime = AgentRuntime.from_settings(settings)
     for i in range(count):
-        info = await runtime.api.create_session(f"room-{i}", f"user-{i}", agent_name=settings.agent_name)
+        info = await runtime.api.create_session(f"room-{i}", f"user-{i}", agent_name=settings.agent.name)
         assert info is not None
         session = open_session(
             session_id=info["id"], room=f"room-{i}", api=runtime.api, monitor=runtime.monitor,
-            registry=runtime.registry, heartbeat_interval_s=settings.agent_heartbeat_interval_s,
+            registry=runtime.registry, heartbeat_interval_s=settings.agent.heartbeat_interval_s,
         )
         runtime.monitor.record(session.key, "tts_ttfb", 0.12)
     coordinator = ShutdownCoordinator(runtime.aclose, timeout_s=300)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from config.cors import DEVELOPMENT_ORIGINS, CorsConfigurationError, allowed_origins, cors_policy
-from config.settings import Settings
+from config.settings import Settings, load_settings
 
 
 def make(**kw: object) -> Settings:
-    return Settings(_env_file=None, **kw)  # type: ignore[arg-type]
+    return load_settings(_env_file=None, **kw)
 
 
 def test_development_falls_back_to_localhost() -> None:

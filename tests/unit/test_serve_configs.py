@@ -57,7 +57,7 @@ def test_gpu_config_matches_the_cpu_config_elsewhere() -> None:
 def test_request_timeout_fits_the_longest_answer_played_in_real_time() -> None:
     from config.settings import load_settings
 
-    longest_s = load_settings(_env_file=None).max_input_chars / 14.0  # characters per second of speech
+    longest_s = load_settings(_env_file=None).http.max_input_chars / 14.0  # characters per second of speech
     for path in (ROOT / "serve_config.yaml", ROOT / "deploy" / "serve_config.gpu.yaml"):
         timeout = load(path)["http_options"]["request_timeout_s"]
         assert timeout >= 1.5 * longest_s, (path, timeout, longest_s)

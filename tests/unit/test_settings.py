@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from config.settings import Environment, Settings, SettingsError, load_settings
+from config.settings import Environment, SettingsError, all_variables, load_settings
 from serve_app.engines import registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def every_variable() -> set[str]:
     """The environment variables of the service: global settings and every engine's own (prefixed)."""
-    names = {name.upper() for name in Settings.model_fields}
+    names = all_variables()
     for spec in registry.specs().values():
         names |= {f"{spec.env_prefix}{name}".upper() for name in spec.settings.model_fields}
     return names
@@ -31,10 +31,10 @@ def _no_env_file(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults_come_up_without_configuration() -> None:
     s = load_settings(_env_file=None)
     assert s.env is Environment.DEVELOPMENT
-    assert s.database_url.startswith("sqlite+aiosqlite://")
-    assert s.tts_engine_chain == ["zonos", "edge", "piper", "flite"]
-    assert (s.db_pool_size, s.db_max_overflow, s.db_pool_recycle) == (10, 20, 3600)
-    assert s.db_pool_pre_ping is True and s.debug_sql is False
+    assert s.db.url.startswith("sqlite+aiosqlite://")
+    assert s.router.engine_chain == ["zonos", "edge", "piper", "flite"]
+    assert (s.db.pool_size, s.db.max_overflow, s.db.pool_recycle) == (10, 20, 3600)
+    assert s.db.pool_pre_ping is True and s.db.debug_sql is False
     engines = registry.validate_all(s)  # every engine's own settings come up without configuration too
     assert set(engines) == set(registry.specs()) and all(e.enabled for e in engines.values())
     assert engines["zonos"].model == "Zyphra/Zonos-v0.1-hybrid"  # type: ignore[attr-defined]
@@ -44,13 +44,13 @@ def test_comma_separated_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CORS_ALLOWED_ORIGINS", "https://a.example, https://b.example")
     monkeypatch.setenv("TTS_ENGINE_CHAIN", "flite,edge")
     s = load_settings(_env_file=None)
-    assert s.cors_allowed_origins == ["https://a.example", "https://b.example"]
-    assert s.tts_engine_chain == ["flite", "edge"]
+    assert s.http.cors_allowed_origins == ["https://a.example", "https://b.example"]
+    assert s.router.engine_chain == ["flite", "edge"]
 
 
 def test_postgres_url_gets_async_driver(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://u@h/db")
-    assert load_settings(_env_file=None).database_url == "postgresql+asyncpg://u@h/db"
+    assert load_settings(_env_file=None).db.url == "postgresql+asyncpg://u@h/db"
 
 
 def test_bad_values_name_each_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,7 +82,7 @@ def test_empty_values_mean_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZONOS_SEED", "")
     monkeypatch.setenv("DB_POOL_SIZE", "")
     s = load_settings(_env_file=None)
-    assert registry.engine_settings("zonos").seed is None and s.db_pool_size == 10  # type: ignore[attr-defined]
+    assert registry.engine_settings("zonos").seed is None and s.db.pool_size == 10  # type: ignore[attr-defined]
 
 
 def test_env_example_lists_every_setting() -> None:
