@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SERVE_CONFIG ?= serve_config.yaml
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: run test venv install install-test install-zonos flite browser lint typecheck bench load clean
+.PHONY: run test venv install install-test install-zonos spoken-cache flite browser lint typecheck bench load clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,12 @@ flite:
 
 install: venv flite
 	$(BIN)/pip install -q -e .
+
+# NeMo's English text-normalisation grammars, compiled once (30-60 s) into data/tn-cache; replicas
+# only load them (under a second). Quick when the cache is there.
+TN_CACHE ?= data/tn-cache
+spoken-cache: install
+	$(BIN)/python -m serve_app.core.spoken --build-cache --cache-dir $(TN_CACHE)
 
 # Headless Chromium and its driver for the playground's browser tests (Debian packages; no downloads).
 browser:
@@ -66,11 +72,11 @@ install-zonos: venv
 
 # Same deployment as `serve run $(SERVE_CONFIG)` (the plain way), plus a graceful drain on
 # SIGTERM/SIGINT: requests in flight finish (up to the Ingress graceful_shutdown_timeout_s).
-run: install
+run: install spoken-cache
 	mkdir -p data
 	$(BIN)/python -m serve_app.launch --config $(SERVE_CONFIG) --port 8000 --host 0.0.0.0
 
-test: install-test
+test: install-test spoken-cache
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: install-test
