@@ -80,7 +80,7 @@ _INPUT_CASE = "cased"
 # Punctuation NeMo leaves as it is between plain words (checked on a corpus); anything else that is
 # not a letter or a space (digits, $ % & @ # / + = ° ...) may be read out, so it makes a token a candidate.
 _SAFE_PUNCT = frozenset(",.!?;:'\"()[]{}-\u2018\u2019\u201c\u201d\u2026\u2014\u2013\u00ab\u00bb")
-_EDGE_PUNCT = "\"'()[]{}\u2018\u2019\u201c\u201d\u00ab\u00bb"
+_WRAPPING_PUNCT = "\"'()[]{}\u2018\u2019\u201c\u201d\u00ab\u00bb"
 _TRAILING = ",;:!?\u2026"
 _DOT_WORD = re.compile(r"\.\w")  # "example.com", "e.g", ".aiff": read as "dot ..."
 _INITIAL = re.compile(r"[A-Z]\.")
@@ -530,8 +530,8 @@ class SpokenNormalizer:
         for ch in token:
             if not (ch.isalpha() or ch in _SAFE_PUNCT or unicodedata.category(ch).startswith("M")):
                 return True
-        core = token.strip(_EDGE_PUNCT + _TRAILING)  # "(Dr.)," -> "Dr."
-        bare = core.strip(_EDGE_PUNCT + _TRAILING + ".")  # "etc.)." -> "etc"
+        core = token.strip(_WRAPPING_PUNCT + _TRAILING)  # "(Dr.)," -> "Dr."
+        bare = core.strip(_WRAPPING_PUNCT + _TRAILING + ".")  # "etc.)." -> "etc"
         if not bare:
             return False
         if _DOT_WORD.search(core) or _INITIAL.fullmatch(core):
