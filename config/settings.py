@@ -287,7 +287,8 @@ def variables(cls: type[BaseSettings]) -> dict[str, str]:
 
 def all_variables() -> set[str]:
     """Every variable the service's own settings read (engines add theirs, prefixed)."""
-    return {name for cls in (GeneralSettings, *SECTIONS.values()) for name in variables(cls)}
+    classes: list[type[BaseSettings]] = [GeneralSettings, *SECTIONS.values()]
+    return {name for cls in classes for name in variables(cls)}
 
 
 def format_validation_error(error: ValidationError, cls: type[BaseSettings]) -> str:
