@@ -87,13 +87,17 @@ def start(
     num_cpus: int | None = None,
     dashboard: bool = False,
     port: int = 0,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Start Ray and the application; returns the URLs an operator (and bench.load) needs."""
+    """Start Ray and the application; returns the URLs an operator (and bench.load) needs.
+
+    `env` adds or overrides the replicas' environment (bench.realtime turns Edge on against its
+    local fake service this way)."""
     import ray
 
     from serve_app.launch import deploy_config, load_config
 
-    env = prepare_environment(database_url, chain)
+    env = prepare_environment(database_url, chain, env)
     dashboard_port = free_port() if dashboard else None
     context: Any = ray.init(  # a RayContext (address_info, dashboard_url) for a local cluster
         address="local",  # a new private cluster, even when RAY_ADDRESS names someone else's
@@ -146,13 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-cpus", type=int, default=None)
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (never 8000 by default)")
     parser.add_argument("--dashboard", action="store_true", help="also start the Ray dashboard (replicas view)")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for the replicas (repeatable), e.g. EDGE_ENABLED=true")
     args = parser.parse_args(argv)
+    extra = dict(item.split("=", 1) for item in args.env if "=" in item)
     info = start(
         database_url=args.database_url,
         chain=args.chain,
         num_cpus=args.num_cpus,
         dashboard=args.dashboard,
         port=args.port,
+        env=extra,
     )
     for key, value in info.items():
         if value is not None and key != "database_url":

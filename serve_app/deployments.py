@@ -27,6 +27,7 @@ from ray import serve
 from config.logging import configure_from_settings
 from config.settings import get_settings
 from serve_app.core.errors import EngineUnavailable
+from serve_app.core.timing import WordMark
 from serve_app.engines.base import Engine
 from serve_app.engines.registry import build_engine
 
@@ -48,9 +49,16 @@ class EngineHost:
         logger.info("engine replica started: %s", self.engine.name)
 
     async def synthesize(
-        self, text: str, voice: str | None, language: str | None, speed: float
-    ) -> AsyncIterator[bytes]:
-        async for chunk in self.engine.synthesize(text, voice, language=language, speed=speed):
+        self, text: str, voice: str | None, language: str | None, speed: float, instructions: str | None = None
+    ) -> AsyncIterator[bytes | WordMark]:
+        """The engine's stream: PCM chunks and, from engines with alignment, `WordMark`s (pickled)."""
+        if instructions is not None and self.engine.accepts_instructions:
+            stream = self.engine.synthesize(  # type: ignore[call-arg]
+                text, voice, language=language, speed=speed, instructions=instructions
+            )
+        else:
+            stream = self.engine.synthesize(text, voice, language=language, speed=speed)
+        async for chunk in stream:
             yield chunk
 
     def info(self) -> dict[str, Any]:

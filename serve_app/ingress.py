@@ -16,6 +16,7 @@ from ray import serve
 from config.logging import configure_from_settings
 from config.settings import get_settings
 from serve_app.api.app import create_app
+from serve_app.core import spoken
 from serve_app.router import compose_router_from_handles
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ class Ingress:
         configure_from_settings()
         self.settings = get_settings()
         self.router = compose_router_from_handles(self.settings, engines, unavailable)
+        # Spoken-form grammars load in the background, so the first request finds them ready.
+        spoken.warm_up()
         logger.info("ingress ready; chain=%s", ",".join(self.router.chain))
 
     def __serve_build_asgi_app__(self) -> FastAPI:

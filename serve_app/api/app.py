@@ -15,7 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from config.cors import cors_policy
 from config.settings import Settings
-from serve_app.api import health, sessions, speech, voice_upload, web
+from serve_app.api import cluster, health, realtime, sessions, speech, voice_upload, web
 from serve_app.api.deps import check_auth_settings
 from serve_app.api.errors import install_error_handlers
 from serve_app.api.middleware import BodySizeLimit, InFlightCounter, RequestId
@@ -23,7 +23,15 @@ from serve_app.drain.replica import ReplicaDrain
 from serve_app.router import FallbackRouter
 from serve_app.state import open_state
 
-ROUTERS = (health.router, speech.router, sessions.router, voice_upload.router, web.router)
+ROUTERS = (
+    health.router,
+    speech.router,
+    realtime.router,
+    sessions.router,
+    voice_upload.router,
+    cluster.router,
+    web.router,
+)
 
 
 def create_app(settings: Settings, router: FallbackRouter, *, add_request_id: bool = True) -> FastAPI:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, WebSocket
 
 from config.settings import Settings
 from serve_app.core.errors import DatabaseUnavailable, ServiceUnavailable, Unauthorized
@@ -33,7 +33,12 @@ def check_auth_settings(settings: Settings) -> None:
 
 
 def get_state(request: Request) -> AppState:
-    state: AppState | None = getattr(request.app.state, "services", None)
+    return state_of(request.app)
+
+
+def state_of(app: object) -> AppState:
+    """The app's state (routes that are not plain HTTP, like the WebSocket, call this directly)."""
+    state: AppState | None = getattr(getattr(app, "state", None), "services", None)
     if state is None:
         raise ServiceUnavailable("service is starting", code="not_ready", retry_after_s=1.0)
     return state
@@ -103,3 +108,18 @@ def sees_details(request: Request, settings: SettingsDep) -> bool:
 
 
 DetailsDep = Annotated[bool, Depends(sees_details)]
+
+
+def require_api_key_ws(websocket: WebSocket, settings: Settings) -> None:
+    """`require_api_key` for the WebSocket: the same bearer header, or an `api_key` query parameter,
+    because a browser's WebSocket cannot set headers. Raises `Unauthorized`."""
+    keys = settings.http.api_keys
+    if not keys:
+        return
+    scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        token = websocket.query_params.get("api_key", "")
+    if not token:
+        raise Unauthorized("missing API key (bearer header or api_key query parameter)")
+    if not any(hmac.compare_digest(token.strip().encode(), key.encode()) for key in keys):
+        raise Unauthorized("invalid API key")

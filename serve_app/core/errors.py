@@ -44,6 +44,9 @@ class ServiceError(Exception):
     status = 500
     code = "internal_error"
     default_retry_after_s: float | None = None
+    # Which sentence of a stream could not be spoken (0-based, in the stream's order), when known:
+    # set by the router as it raises a sentence's error, so a caller can say what was not spoken.
+    sentence: int | None = None
 
     def __init__(
         self,

@@ -93,3 +93,77 @@ def _bound(sentence: str, max_chars: int) -> list[str]:
     if current:
         chunks.append(current)
     return chunks
+
+
+class SentenceBuffer:
+    """Text that arrives in fragments (an LLM's tokens), cut into sentences as soon as each is complete.
+
+    Why not wait for the whole text: the realtime socket speaks the first sentence while the model
+    is still writing the rest. A sentence is complete when its end punctuation is followed by
+    whitespace (a period alone could still become "3.5" or "example.com"), unless the word before
+    is an abbreviation or an initial, or the text after it goes on in lower case. A run-on longer
+    than `max_chars` is cut at a clause break (then a space) like `split_sentences` does, so a
+    model that never ends a sentence still gets spoken. `flush()` hands out whatever is left.
+    """
+
+    def __init__(self, *, max_chars: int = 250) -> None:
+        self.max_chars = max_chars
+        self.text = ""
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+    def append(self, fragment: str) -> list[str]:
+        """Add a fragment; the sentences it completes. Raises `InvalidInput` (buffer unchanged)
+        for control characters."""
+        if _CONTROL.search(fragment):
+            raise InvalidInput("text contains control characters", param="text")
+        self.text += unicodedata.normalize("NFC", fragment)
+        return self._take()
+
+    def flush(self) -> list[str]:
+        """Everything buffered, as sentences (end of turn)."""
+        text, self.text = _WS.sub(" ", self.text).strip(), ""
+        if not any(ch.isalnum() for ch in text):
+            return []
+        return split_sentences(text, max_chars=self.max_chars)
+
+    def clear(self) -> str:
+        """Drop the buffer (barge-in); returns what was dropped."""
+        dropped, self.text = self.text, ""
+        return dropped
+
+    def _boundary(self) -> int:
+        """End of the last complete sentence in the buffer (0: none)."""
+        cut = 0
+        for match in _SENTENCE_END.finditer(self.text):
+            before = self.text[: match.start()].rstrip("\"'\u201d\u2019)]")
+            last_word = before.rsplit(None, 1)[-1].lower() if before.strip() else ""
+            if last_word in _ABBREVIATIONS or _is_initial(last_word):
+                continue
+            after = self.text[match.end() :]
+            if after[:1].islower():
+                continue
+            cut = match.end()
+        return cut
+
+    def _take(self) -> list[str]:
+        cut = self._boundary()
+        complete, rest = self.text[:cut], self.text[cut:]
+        sentences: list[str] = []
+        if complete.strip():
+            sentences.extend(self._split(complete))
+        if len(rest) > self.max_chars:
+            # A run-on: speak what is safely complete, keep the last (still growing) piece.
+            pieces = _bound(_WS.sub(" ", rest).strip(), self.max_chars)
+            for piece in pieces[:-1]:
+                sentences.extend(self._split(piece))
+            rest = pieces[-1] + (" " if rest[-1:].isspace() else "")
+        self.text = rest
+        return sentences
+
+    def _split(self, text: str) -> list[str]:
+        text = _WS.sub(" ", text).strip()
+        if not any(ch.isalnum() for ch in text):
+            return []
+        return split_sentences(text, max_chars=self.max_chars)

@@ -7,6 +7,15 @@ from a broken one (`EngineUnavailable`, `EngineTimeout`: strikes).
 
 A stream may yield an empty chunk first: it tells the router that the engine has started on this
 request (it left the engine's queue), so the first-byte timer measures the engine, not its queue.
+
+An engine that knows when each word is spoken (its service's word boundaries, its synthesizer's
+segment times) also yields `WordMark`s between the chunks, in order, timed in seconds from the
+start of its audio for this text; the router turns them into response times. Engines that yield none get timings
+estimated from their audio (`serve_app.core.timing.estimate_words`).
+
+`instructions` (OpenAI's free-text voice direction) reaches an engine only when it sets
+`accepts_instructions` and takes an `instructions` keyword; speed cues in it ("slowly") are applied
+by the router to every engine through `speed`.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from serve_app.core.errors import (  # noqa: F401  (re-exported: engine modules import them from here)
     EngineBusy,
@@ -22,6 +31,7 @@ from serve_app.core.errors import (  # noqa: F401  (re-exported: engine modules 
     EngineUnavailable,
     InvalidInput,
 )
+from serve_app.core.timing import WordMark
 from serve_app.core.voices import Catalogue, Voice
 
 
@@ -45,12 +55,14 @@ class Engine(abc.ABC):
     sample_rate: int = 16000
     # Set by the registry (the whole catalogue); an engine built alone knows only its own voices.
     catalogue: Catalogue = Catalogue({})
+    # True when `synthesize` takes `instructions: str | None` (keyword) and follows some of it.
+    accepts_instructions: ClassVar[bool] = False
 
     @abc.abstractmethod
     def synthesize(
         self, text: str, voice: str | None = None, *, language: str | None = None, speed: float = 1.0
-    ) -> AsyncIterator[bytes]:
-        """Yield PCM s16le mono chunks for `text`. Raise typed errors only."""
+    ) -> AsyncIterator[bytes | WordMark]:
+        """Yield PCM s16le mono chunks for `text` (and `WordMark`s where known). Raise typed errors only."""
 
     @abc.abstractmethod
     def voices(self) -> list[Voice]:

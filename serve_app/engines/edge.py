@@ -10,8 +10,13 @@ The one Edge implementation of the project (the seed asked to consolidate its du
   silence past the timeouts is `EngineTimeout`, a turn without audio is `EngineUnavailable`, so
   the router counts them as strikes;
 - a truncated turn (the socket closed before `turn.end`) ends the library's stream quietly; we
-  compare the audio received with the end of the last sentence boundary Edge announced and raise
-  instead of passing half a sentence on as a success;
+  compare the audio received with the end of the last word boundary Edge announced, and the words
+  announced with the words of the text, and raise instead of passing half a sentence on as a
+  success (the router then goes on from the first word not heard);
+- word timing: we ask for Edge's WordBoundary events (offset and duration in 100 ns ticks from the
+  start of the turn's audio) and yield each as a `WordMark` where it arrives in the stream;
+- `instructions`: speed cues reach us as `speed` (the router applies them); pitch and volume cues
+  ("cheerful", "deep", "whisper") become the prosody's pitch and volume;
 - `EDGE_WSS_URL` points the library at another endpoint (tests use a local fake server).
 """
 
@@ -38,6 +43,8 @@ from pydantic import Field
 from config.settings import settings_config
 from serve_app.core.audio import SAMPLE_WIDTH
 from serve_app.core.errors import EngineTimeout, EngineUnavailable, InvalidInput
+from serve_app.core.style import parse_instructions
+from serve_app.core.timing import WordAligner, WordMark
 from serve_app.core.voices import Catalogue, Voice, VoiceTable
 from serve_app.engines.base import Engine, EngineCheck
 from serve_app.engines.spec import DeploymentDefaults, EngineContext, EngineSettings, EngineSpec
@@ -48,6 +55,10 @@ SPEED_RANGE = (0.25, 4.0)
 # Edge's prosody rate is reliable between half and double speed; requests outside are clamped.
 EDGE_RATE_RANGE = (0.5, 2.0)
 TICKS_PER_SECOND = 10_000_000  # Edge reports offsets and durations in 100 ns ticks
+# Edge's word offsets are times in the audio before MP3 coding; decoded PCM starts later by the
+# codec's delay (an encoder's 576 samples plus the decoder's 529, at 24 kHz: measured 1105 through
+# PyAV on LAME-encoded frames), so a word is heard this much after its announced offset.
+MP3_DELAY_S = 1105 / 24000
 TRUNCATION_TOLERANCE_S = 0.1
 
 
@@ -113,6 +124,12 @@ def edge_rate(speed: float) -> str:
     clamped = min(max(speed, EDGE_RATE_RANGE[0]), EDGE_RATE_RANGE[1])
     percent = round((clamped - 1.0) * 100)
     return f"{percent:+d}%"
+
+
+def edge_prosody(instructions: str | None) -> tuple[str, str]:
+    """(pitch, volume) for edge-tts from the tone cues of `instructions`, e.g. ('+8Hz', '-20%')."""
+    style = parse_instructions(instructions)
+    return f"{style.pitch_hz:+d}Hz", f"{style.volume_percent:+d}%"
 
 
 def with_token(url: str) -> str:
@@ -191,6 +208,7 @@ class EdgeEngine(Engine):
 
     name = "edge"
     sample_rate = 24000
+    accepts_instructions = True
 
     def __init__(
         self,
@@ -276,19 +294,32 @@ class EdgeEngine(Engine):
             raise _typed(exc, timeout_s) from exc
 
     async def synthesize(
-        self, text: str, voice: str | None = None, *, language: str | None = None, speed: float = 1.0
-    ) -> AsyncIterator[bytes]:
+        self,
+        text: str,
+        voice: str | None = None,
+        *,
+        language: str | None = None,
+        speed: float = 1.0,
+        instructions: str | None = None,
+    ) -> AsyncIterator[bytes | WordMark]:
         if not text.strip():
             raise InvalidInput("text is empty")
         self.check_speed(speed, SPEED_RANGE)
         chosen = self._voice_for(voice, language)
+        pitch, volume = edge_prosody(instructions)
         # Lengths only: per-sentence excerpts would add up to the whole user text in a DEBUG log.
-        logger.debug("edge synthesize voice=%s rate=%s chars=%d", chosen, edge_rate(speed), len(text))
+        logger.debug(
+            "edge synthesize voice=%s rate=%s pitch=%s volume=%s chars=%d",
+            chosen, edge_rate(speed), pitch, volume, len(text),
+        )
         try:
             communicate = edge_tts.Communicate(
                 text,
                 chosen,
                 rate=edge_rate(speed),
+                pitch=pitch,
+                volume=volume,
+                boundary="WordBoundary",
                 proxy=self.proxy,
                 connect_timeout=max(1, math.ceil(self.connect_timeout_s)),
                 receive_timeout=max(1, math.ceil(self.receive_timeout_s)),
@@ -298,6 +329,8 @@ class EdgeEngine(Engine):
         stream = communicate.stream()
         decoder = Mp3StreamDecoder(self.sample_rate)
         announced_end_s = 0.0
+        announced = WordAligner(text)  # which of the text's words Edge said it spoke
+        words_announced = False
         timeout_s = self.connect_timeout_s + self.receive_timeout_s  # the first message includes the connect
         try:
             while (message := await self._next(stream, timeout_s)) is not None:
@@ -307,8 +340,15 @@ class EdgeEngine(Engine):
                     if pcm:
                         yield pcm
                 elif message["type"] in ("SentenceBoundary", "WordBoundary"):
+                    start = message["offset"] / TICKS_PER_SECOND
                     end = (message["offset"] + message["duration"]) / TICKS_PER_SECOND
                     announced_end_s = max(announced_end_s, end)
+                    if message["type"] == "WordBoundary":
+                        word = str(message.get("text", ""))
+                        mark = WordMark(word, round(start + MP3_DELAY_S, 4), round(end + MP3_DELAY_S, 4))
+                        announced.feed(mark)
+                        words_announced = True
+                        yield mark
             tail = decoder.flush()
             if tail:
                 yield tail
@@ -320,6 +360,10 @@ class EdgeEngine(Engine):
         if received_s + TRUNCATION_TOLERANCE_S < announced_end_s:
             raise EngineUnavailable(
                 f"edge stream ended early: {received_s:.2f}s of audio, {announced_end_s:.2f}s announced"
+            )
+        if words_announced and announced.unstarted:
+            raise EngineUnavailable(
+                f"edge stream ended early: {announced.unstarted} of {len(announced.tokens)} words never announced"
             )
 
 
@@ -345,5 +389,9 @@ ENGINE = EngineSpec(
     speed_range=SPEED_RANGE,
     word_timing="exact",
     deployment=DeploymentDefaults(num_cpus=0.1, max_ongoing_requests=64),
-    honours={"speed": "prosody rate (clamped to 0.5-2.0)", "language": "voice of that language"},
+    honours={
+        "speed": "prosody rate (clamped to 0.5-2.0)",
+        "language": "voice of that language",
+        "instructions": "speed cues as rate; pitch and volume cues (cheerful, calm, deep, whisper, loud) as prosody",
+    },
 )

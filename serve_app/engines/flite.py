@@ -7,6 +7,12 @@ Two backends with the same output:
 - `binary` runs the `flite` executable with an argument list (never a shell). The text is passed
   as the value of `-t`, so a text starting with `-` is spoken, never parsed as an option.
 `auto` (the default) prefers the library and falls back to the binary.
+
+Word timing: the library backend reads each word's start and end from the utterance flite builds
+(its Segment relation carries end times, set by the duration model before any audio is made), at
+the first audio callback, and yields them as `WordMark`s ahead of the audio; they are exact for
+the audio that follows. The binary backend has no such access; the router then estimates timings
+from the audio (serve_app.core.timing).
 """
 
 from __future__ import annotations
@@ -20,13 +26,14 @@ import shutil
 import threading
 import wave
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 from pydantic import Field
 
 from config.settings import settings_config
 from serve_app.core.audio import StreamResampler
 from serve_app.core.errors import EngineUnavailable
+from serve_app.core.timing import WordMark
 from serve_app.core.voices import Catalogue, Voice, VoiceTable
 from serve_app.engines.base import Engine, EngineCheck
 from serve_app.engines.spec import DeploymentDefaults, EngineContext, EngineSettings, EngineSpec
@@ -102,14 +109,20 @@ _STREAM_CONTINUE, _STREAM_STOP = 0, -1
 _STREAM_MIN_SAMPLES = 2048  # ~128 ms at 16 kHz: the first chunk leaves long before the sentence ends
 _LATER_CHUNK_SECONDS = 1.0
 _DONE = object()
+# Paths from a Word item to the segments around it (flite's feature-path language, as in `flite -ps`).
+_WORD_START = b"R:SylStructure.daughter1.daughter1.R:Segment.p.end"
+_WORD_END = b"R:SylStructure.daughtern.daughtern.R:Segment.end"
+
+# What a backend streams: (sample rate, PCM) pieces, and word marks where it knows them.
+FlitePiece: TypeAlias = tuple[int, bytes] | WordMark
 
 
 class FliteBackend(Protocol):
-    """Synthesizes one text to a stream of (sample_rate, pcm bytes) pieces."""
+    """Synthesizes one text to a stream of (sample_rate, pcm bytes) pieces and word marks."""
 
     kind: str
 
-    def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[tuple[int, bytes]]: ...
+    def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[FlitePiece]: ...
 
 
 class FliteLibrary:
@@ -134,6 +147,17 @@ class FliteLibrary:
         self._lib.new_audio_streaming_info.restype = ctypes.POINTER(_StreamingInfo)
         self._lib.audio_streaming_info_val.restype = ctypes.c_void_p
         self._lib.audio_streaming_info_val.argtypes = [ctypes.POINTER(_StreamingInfo)]
+        # The utterance walk for word timings (read-only, inside the synthesis thread).
+        self._lib.utt_relation.restype = ctypes.c_void_p
+        self._lib.utt_relation.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        self._lib.relation_head.restype = ctypes.c_void_p
+        self._lib.relation_head.argtypes = [ctypes.c_void_p]
+        self._lib.item_next.restype = ctypes.c_void_p
+        self._lib.item_next.argtypes = [ctypes.c_void_p]
+        self._lib.item_feat_string.restype = ctypes.c_char_p
+        self._lib.item_feat_string.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        self._lib.ffeature_float.restype = ctypes.c_float
+        self._lib.ffeature_float.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         self._voices: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -150,14 +174,43 @@ class FliteLibrary:
             self._voices[voice] = handle
         return self._voices[voice]
 
-    def _synthesize_blocking(
-        self, text: str, voice: str, speed: float, emit: Callable[[int, bytes], None], cancelled: threading.Event
-    ) -> None:
-        """Runs in a worker thread; `emit` is called from flite's callback for every piece."""
+    def words(self, utterance: int | None) -> list[WordMark]:
+        """Every word of an utterance with its start and end (seconds), from its segment times."""
+        marks: list[WordMark] = []
+        relation = self._lib.utt_relation(utterance, b"Word") if utterance else None
+        item = self._lib.relation_head(relation) if relation else None
+        while item:
+            name = self._lib.item_feat_string(item, b"name") or b""
+            start = float(self._lib.ffeature_float(item, _WORD_START))
+            end = float(self._lib.ffeature_float(item, _WORD_END))
+            marks.append(WordMark(name.decode("utf-8", "replace"), round(start, 4), round(max(start, end), 4)))
+            item = self._lib.item_next(item)
+        return marks
 
-        def on_audio(wave_ptr: Any, start: int, size: int, _last: int, _asi: Any) -> int:
+    def _synthesize_blocking(
+        self,
+        text: str,
+        voice: str,
+        speed: float,
+        emit: Callable[[int, bytes], None],
+        cancelled: threading.Event,
+        emit_words: Callable[[list[WordMark]], None] | None = None,
+    ) -> None:
+        """Runs in a worker thread; `emit` is called from flite's callback for every piece, and
+        `emit_words` once, before the first piece, with the utterance's word timings."""
+        words_sent = emit_words is None
+
+        def on_audio(wave_ptr: Any, start: int, size: int, _last: int, asi: Any) -> int:
+            nonlocal words_sent
             if cancelled.is_set():
                 return _STREAM_STOP
+            if not words_sent and emit_words is not None:
+                words_sent = True
+                try:
+                    utterance = ctypes.cast(asi, ctypes.POINTER(_StreamingInfo)).contents.utt
+                    emit_words(self.words(utterance))
+                except Exception as exc:  # timings are a bonus: the audio must go on (the router estimates)
+                    logger.debug("flite word timings unavailable: %s", type(exc).__name__)
             if size > 0:
                 w = wave_ptr.contents
                 address = ctypes.addressof(w.samples.contents) + start * 2
@@ -166,6 +219,8 @@ class FliteLibrary:
 
         callback = _STREAM_CALLBACK(on_audio)
         with self._lock:
+            if cancelled.is_set():
+                return  # cancelled while queued behind another synthesis: do not start
             handle = self._voice(voice)
             features = handle.contents.features
             self._lib.feat_set_float(features, b"duration_stretch", 1.0 / speed)
@@ -183,7 +238,7 @@ class FliteLibrary:
             elif not cancelled.is_set():
                 raise EngineUnavailable("flite returned no wave")
 
-    async def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[tuple[int, bytes]]:
+    async def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[FlitePiece]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancelled = threading.Event()
@@ -191,9 +246,14 @@ class FliteLibrary:
         def emit(rate: int, pcm: bytes) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, (rate, pcm))
 
+        def emit_words(marks: list[WordMark]) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, marks)
+
         async def run() -> None:
             try:
-                await asyncio.to_thread(self._synthesize_blocking, text, voice, speed, emit, cancelled)
+                await asyncio.to_thread(
+                    self._synthesize_blocking, text, voice, speed, emit, cancelled, emit_words
+                )
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)
 
@@ -209,6 +269,10 @@ class FliteLibrary:
                 item = await queue.get()
                 if item is _DONE:
                     break
+                if isinstance(item, list):  # the word timings, ahead of the audio they describe
+                    for mark in item:
+                        yield mark
+                    continue
                 rate, pcm = item
                 pending += pcm
                 if first or len(pending) >= _LATER_CHUNK_SECONDS * rate * 2:
@@ -242,7 +306,7 @@ class FliteBinary:
             "-o", "/dev/stdout", "-t", text,
         ]
 
-    async def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[tuple[int, bytes]]:
+    async def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[FlitePiece]:
         proc = await asyncio.create_subprocess_exec(
             *self.argv(text, voice, speed),
             stdin=asyncio.subprocess.DEVNULL,
@@ -313,7 +377,7 @@ class FliteEngine(Engine):
 
     async def synthesize(
         self, text: str, voice: str | None = None, *, language: str | None = None, speed: float = 1.0
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[bytes | WordMark]:
         if self._backend is None:
             raise EngineUnavailable(self._problem or "flite unavailable")
         self.check_speed(speed, SPEED_RANGE)
@@ -321,7 +385,11 @@ class FliteEngine(Engine):
         # Lengths only: per-sentence excerpts would add up to the whole user text in a DEBUG log.
         logger.debug("flite synthesize voice=%s chars=%d", chosen, len(text))
         resampler: StreamResampler | None = None
-        async for rate, pcm in self._backend.stream(text, chosen, speed):
+        async for piece in self._backend.stream(text, chosen, speed):
+            if isinstance(piece, WordMark):
+                yield piece  # seconds: the same at any sample rate
+                continue
+            rate, pcm = piece
             if rate != self.sample_rate:
                 # kal is an 8 kHz voice: resample here so the engine keeps one advertised rate.
                 resampler = resampler or StreamResampler(rate, self.sample_rate)
@@ -351,7 +419,10 @@ ENGINE = EngineSpec(
     build=_build,
     voices=VOICES,
     speed_range=SPEED_RANGE,
-    word_timing="estimated",
+    word_timing="exact",  # from the utterance (library backend); the binary backend is estimated
     deployment=DeploymentDefaults(num_cpus=0.2, max_ongoing_requests=32),
-    honours={"speed": "duration stretch"},
+    honours={
+        "speed": "duration stretch",
+        "instructions": "speed cues only (e.g. 'slowly', 'quickly'), applied by the router",
+    },
 )

@@ -458,5 +458,9 @@ ENGINE = EngineSpec(
     # One inference at a time per replica (PIPER_WORKERS=1, PIPER_THREADS=1); half a CPU so it fits
     # a 2-core machine next to the others (serve_config.yaml gives it a whole core on a cluster).
     deployment=DeploymentDefaults(num_cpus=0.5, max_ongoing_requests=4),
-    honours={"speed": "length scale", "language": "voice of that language"},
+    honours={
+        "speed": "length scale",
+        "language": "voice of that language",
+        "instructions": "speed cues only (e.g. 'slowly', 'quickly'), applied by the router",
+    },
 )

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
 from serve_app.core.errors import EngineUnavailable
+from serve_app.core.timing import WordMark
 from serve_app.core.voices import Voice
 from serve_app.engines.base import Engine, EngineCheck
 
@@ -20,8 +21,10 @@ from serve_app.engines.base import Engine, EngineCheck
 class EngineClient(Protocol):
     name: str
 
-    def stream(self, text: str, voice: str | None, *, language: str | None, speed: float) -> AsyncIterator[bytes]:
-        """PCM s16le mono chunks at `sample_rate()`."""
+    def stream(
+        self, text: str, voice: str | None, *, language: str | None, speed: float, instructions: str | None = None
+    ) -> AsyncIterator[bytes | WordMark]:
+        """PCM s16le mono chunks at `sample_rate()`, with the engine's word marks where it has them."""
         ...
 
     async def sample_rate(self) -> int: ...
@@ -45,7 +48,13 @@ class LocalEngineClient:
     def deployed(self) -> bool:
         return True
 
-    def stream(self, text: str, voice: str | None, *, language: str | None, speed: float) -> AsyncIterator[bytes]:
+    def stream(
+        self, text: str, voice: str | None, *, language: str | None, speed: float, instructions: str | None = None
+    ) -> AsyncIterator[bytes | WordMark]:
+        if instructions is not None and self.engine.accepts_instructions:
+            return self.engine.synthesize(  # type: ignore[call-arg]
+                text, voice, language=language, speed=speed, instructions=instructions
+            )
         return self.engine.synthesize(text, voice, language=language, speed=speed)
 
     async def sample_rate(self) -> int:
@@ -77,9 +86,11 @@ class HandleEngineClient:
         return self._info
 
     async def stream(
-        self, text: str, voice: str | None, *, language: str | None, speed: float
-    ) -> AsyncIterator[bytes]:
-        generator = self._streaming.synthesize.remote(text, voice, language, speed)
+        self, text: str, voice: str | None, *, language: str | None, speed: float, instructions: str | None = None
+    ) -> AsyncIterator[bytes | WordMark]:
+        # Instructions travel only when given: the host passes them to engines that accept them.
+        extra = {"instructions": instructions} if instructions is not None else {}
+        generator = self._streaming.synthesize.remote(text, voice, language, speed, **extra)
         finished = False
         try:
             async for chunk in generator:
@@ -119,8 +130,8 @@ class UnavailableEngineClient:
         return False
 
     async def stream(
-        self, text: str, voice: str | None, *, language: str | None, speed: float
-    ) -> AsyncIterator[bytes]:
+        self, text: str, voice: str | None, *, language: str | None, speed: float, instructions: str | None = None
+    ) -> AsyncIterator[bytes | WordMark]:
         raise EngineUnavailable(self.reason)
         yield b""  # pragma: no cover - makes this an async generator
 

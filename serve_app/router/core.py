@@ -17,10 +17,25 @@ What it does, and why:
   sentence on without a strike, and an engine that signals it has started the work (an empty first
   chunk) gets its first-byte budget from that moment, so time spent queued is never a timeout.
 - Failover happens at sentence boundaries and mid-sentence: if an engine fails after sending part
-  of a sentence, the next engine speaks that sentence again from its start (audio of the failed
-  attempt that the caller has not read yet is discarded). No sentence is ever dropped: it is
-  spoken in full by some engine or the request ends with `AllEnginesFailed` (the ingress answers
-  503 before the first byte, and aborts the chunked response after it).
+  of a sentence, the next engine goes on from the first word the caller has not heard in full when
+  the failed engine said when its words were spoken (word marks), and otherwise speaks that
+  sentence again from its start (audio of the failed attempt that the caller has not read yet is
+  discarded either way). No sentence is ever dropped: it is spoken in full by some engine or the
+  request ends with `AllEnginesFailed` (the ingress answers 503 before the first byte, and aborts
+  the chunked response after it).
+- Text can arrive while audio leaves (`stream`: the realtime WebSocket): sentences join the
+  request as they are completed and get the same look-ahead; closing the stream (a barge-in)
+  cancels every sentence in flight, which cancels the engines' work through their handles.
+- Word timings (`SpeechRequest.timestamps`): engines with alignment yield `WordMark`s, which are
+  mapped onto the sentence's words (`serve_app.core.timing.WordAligner`); for the others, timings
+  are estimated from the audio of the sentence once it is complete. A word is handed out with the
+  chunk that completes it, in seconds from the start of the stream's audio: the audio of earlier
+  sentences, and of a failed attempt's heard part, comes first, so times only grow.
+- Spoken form (`SpeechRequest.normalize`): each sentence is turned into its spoken form
+  (`serve_app.core.spoken.to_spoken`) by its own producer task, so only the first sentence's
+  normalisation adds to the time to first byte.
+- `instructions`: speed cues scale `speed` for every engine (within its range); engines that
+  accept instructions also get the text (e.g. pitch and volume).
 - Within one request, an engine that failed a sentence is tried last for the following sentences
   (no strike, no cost), so the voice does not flip back and forth mid-answer.
 - Caller errors (`InvalidInput`: bad voice, empty text) are re-raised and never strikes; neither is
@@ -40,12 +55,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from config.logging import truncate
-from serve_app.core.audio import StreamResampler
+from serve_app.core.audio import StreamResampler, pcm_duration
 from serve_app.core.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from serve_app.core.errors import (
     AllEnginesFailed,
@@ -54,11 +69,15 @@ from serve_app.core.errors import (
     EnginesBusy,
     FirstByteTimeout,
     InvalidInput,
+    ServiceError,
     StallTimeout,
     UnknownEngine,
     reason_of,
 )
+from serve_app.core.spoken import to_spoken
+from serve_app.core.style import parse_instructions
 from serve_app.core.text import normalize, split_sentences
+from serve_app.core.timing import TimedWord, WordAligner, WordMark, estimate_words, resume_offset
 from serve_app.engines.base import EngineCheck
 from serve_app.metrics import RouterMetrics
 from serve_app.router.admission import CapacitySignal, Limiter
@@ -69,28 +88,104 @@ from serve_app.router.types import AudioChunk, RouterConfig, SpeechRequest
 
 logger = logging.getLogger(__name__)
 
+# A word counts as heard when the audio read reaches its end, give or take this much.
+_HEARD_SLACK_S = 0.005
+
 
 @dataclass
 class _SentenceJob:
-    """Audio of one sentence as it is produced; `cursor` is how far the consumer has read."""
+    """Audio (and word timings) of one sentence as it is produced; `cursor` is how far the consumer has read.
+
+    Times here are seconds from the start of the sentence's audio. Each attempt (one engine) speaks
+    `spoken[attempt_start:]` and its audio begins after everything already in `chunks`.
+    """
 
     index: int
-    text: str
+    text: str  # as written
+    sample_rate: int  # of the chunks (the request's)
+    spoken: str = ""  # what the engines are asked to say
     chunks: list[AudioChunk] = field(default_factory=list)
     cursor: int = 0
     done: bool = False
     error: BaseException | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    heard_s: float = 0.0  # audio the consumer has read
+    words: list[TimedWord] = field(default_factory=list)
+    released: int = 0  # words the consumer has heard in full
+    attempt_start: int = 0  # where the current attempt's text starts in `spoken`
+    attempt_base_s: float = 0.0  # where its audio starts
+    attempt_first_chunk: int = 0
+    attempt_first_word: int = 0
+    attempt_marked: bool = False  # the engine sent word marks
+    aligner: WordAligner | None = None
 
     def push(self, chunk: AudioChunk) -> None:
         self.chunks.append(chunk)
         self.changed.set()
 
-    def restart(self) -> int:
-        """Drop audio of a failed attempt that the consumer has not read; returns chunks already heard."""
+    @property
+    def attempt_text(self) -> str:
+        return self.spoken[self.attempt_start :]
+
+    def begin_attempt(self) -> None:
+        """A new engine starts where the audio so far ends (all of it heard: see `restart`)."""
+        self.attempt_base_s = sum(pcm_duration(len(c.pcm), self.sample_rate) for c in self.chunks)
+        self.attempt_first_chunk = len(self.chunks)
+        self.attempt_first_word = len(self.words)
+        self.attempt_marked = False
+        self.aligner = WordAligner(self.attempt_text)
+
+    def mark(self, mark: WordMark) -> None:
+        """An engine's word mark: aligned to the attempt's text, placed in the sentence's time."""
+        self.attempt_marked = True
+        if self.aligner is not None:
+            for word in self.aligner.feed(mark):
+                self.words.append(word.shifted(self.attempt_base_s, self.attempt_start))
+
+    def end_attempt(self, estimate: bool) -> None:
+        """The attempt spoke its text: its last word, or (no marks) estimated timings when asked."""
+        if self.attempt_marked and self.aligner is not None:
+            self.words.extend(w.shifted(self.attempt_base_s, self.attempt_start) for w in self.aligner.finish())
+        elif estimate:
+            pcm = b"".join(c.pcm for c in self.chunks[self.attempt_first_chunk :])
+            for word in estimate_words(self.attempt_text, pcm, self.sample_rate):
+                self.words.append(word.shifted(self.attempt_base_s, self.attempt_start))
+        self.changed.set()
+
+    def restart(self) -> tuple[int, bool]:
+        """After a failed attempt: drop what the consumer has not read, and choose where to go on.
+
+        Returns (chunks already heard, whether the whole text was heard). When the failed engine
+        marked its words and some were heard in full, the next attempt starts at the next word;
+        otherwise it says the failed attempt's text again.
+        """
         del self.chunks[self.cursor :]
-        return self.cursor
+        heard_here = self.words[self.attempt_first_word : self.released] if self.attempt_marked else []
+        del self.words[self.released :]
+        self.aligner = None
+        offset = resume_offset(self.spoken, heard_here)
+        if offset is not None:
+            rest = self.spoken[offset:]
+            if not any(ch.isalnum() for ch in rest):
+                return self.cursor, True
+            self.attempt_start = offset
+        return self.cursor, False
+
+    def read(self, chunk: AudioChunk) -> list[TimedWord]:
+        """The consumer read `chunk`: the words it completes."""
+        self.heard_s += pcm_duration(len(chunk.pcm), self.sample_rate)
+        first = self.released
+        while self.released < len(self.words) and self.words[self.released].end_s <= self.heard_s + _HEARD_SLACK_S:
+            self.released += 1
+        return self.words[first : self.released]
+
+    def rest(self) -> list[TimedWord]:
+        """At the end of the sentence: every word not handed out yet, kept within its audio."""
+        rest = self.words[self.released :]
+        self.released = len(self.words)
+        end = self.heard_s
+        return [TimedWord(w.word, min(w.start_s, end), min(w.end_s, end), w.offset) for w in rest]
 
     def finish(self, error: BaseException | None = None) -> None:
         self.done = True
@@ -105,13 +200,22 @@ class _RequestState:
     avoid: set[str] = field(default_factory=set)
 
 
-def _sentence_sink(job: _SentenceJob, engine: str) -> Callable[[bytes], None]:
-    """Where one attempt's PCM goes: the sentence's buffer, tagged with the engine."""
+@dataclass
+class _Clock:
+    """Where the next sentence starts in the stream's audio, and the last word start handed out."""
 
-    def push(pcm: bytes) -> None:
-        job.push(AudioChunk(pcm, engine, job.index))
+    offset_s: float = 0.0
+    last_start_s: float = 0.0
 
-    return push
+    def marks(self, words: list[TimedWord]) -> tuple[WordMark, ...]:
+        """Sentence times to stream times, never going back (the contract is monotonic)."""
+        out: list[WordMark] = []
+        for word in words:
+            mark = word.mark(self.offset_s)
+            start = max(mark.start_s, self.last_start_s)
+            self.last_start_s = start
+            out.append(WordMark(mark.word, start, max(start, mark.end_s)))
+        return tuple(out)
 
 
 def _outcome(exc: BaseException) -> str:
@@ -122,6 +226,15 @@ def _outcome(exc: BaseException) -> str:
     if isinstance(exc, EmptyAudio):
         return "empty"
     return "error"
+
+
+def _of(total: int | None) -> str:
+    return f" of {total}" if total is not None else ""
+
+
+async def _iterate(items: list[str]) -> AsyncIterator[str]:
+    for item in items:
+        yield item
 
 
 class FallbackRouter:
@@ -154,13 +267,8 @@ class FallbackRouter:
                 self._slots[name].breaker.force_open(getattr(client, "reason", None) or "not deployed")
 
     # ------------------------------------------------------------------ public API
-    async def synthesize(self, request: SpeechRequest) -> AsyncIterator[AudioChunk]:
-        """Stream the whole text as PCM chunks at `request.sample_rate`, in order.
-
-        Raises `InvalidInput` for the caller's mistakes and `AllEnginesFailed` when a sentence
-        cannot be spoken by any engine (possibly after earlier sentences were yielded).
-        """
-        text = normalize(request.text, max_chars=self.config.max_input_chars)
+    def validate(self, request: SpeechRequest) -> None:
+        """Raise for what is wrong with the request besides its text: engine, speed, availability."""
         if request.engine is not None and request.engine not in self._slots:
             raise UnknownEngine(f"unknown engine '{request.engine[:40]}'; available: {', '.join(self.chain)}")
         low, high = self._speed_range(request.engine)
@@ -169,26 +277,32 @@ class FallbackRouter:
         if request.engine is not None and not self._slots[request.engine].client.deployed:
             reason = self._slots[request.engine].breaker.last_error
             raise AllEnginesFailed(f"engine {request.engine} is not deployed: {reason}")
-        self.start()
+
+    async def synthesize(self, request: SpeechRequest) -> AsyncGenerator[AudioChunk, None]:
+        """Stream the whole text as PCM chunks at `request.sample_rate`, in order.
+
+        Raises `InvalidInput` for the caller's mistakes and `AllEnginesFailed` when a sentence
+        cannot be spoken by any engine (possibly after earlier sentences were yielded).
+        """
+        text = normalize(request.text, max_chars=self.config.max_input_chars)
+        self.validate(request)
         sentences = split_sentences(text, max_chars=self.config.sentence_max_chars)
         logger.debug("speech request: %d sentences, text=%s", len(sentences), truncate(text))
-        state = _RequestState()
-        jobs = [_SentenceJob(i, s) for i, s in enumerate(sentences)]
-        try:
-            for index, job in enumerate(jobs):
-                for ahead in jobs[index : index + 1 + self.config.lookahead]:
-                    if ahead.task is None:
-                        ahead.task = asyncio.create_task(self._produce(ahead, len(jobs), request, state))
-                async for chunk in self._consume(job):
-                    yield chunk
-        finally:
-            # The caller left, failed or finished: stop look-ahead work (cancelled attempts are no
-            # strikes). asyncio.wait never raises the tasks' CancelledError as our own.
-            tasks = [job.task for job in jobs if job.task is not None]
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.wait(tasks)
+        async for chunk in self._run(request, _iterate(sentences), len(sentences)):
+            yield chunk
+
+    async def stream(
+        self, request: SpeechRequest, sentences: AsyncIterator[str]
+    ) -> AsyncGenerator[AudioChunk, None]:
+        """Like `synthesize`, for sentences that arrive while audio is produced (the realtime socket).
+
+        Each sentence must be speakable text (normalised and split by the caller: see
+        `serve_app.core.text.SentenceBuffer`). The stream ends when `sentences` ends and its audio
+        is out; closing it early cancels every sentence in flight.
+        """
+        self.validate(request)
+        async for chunk in self._run(request, sentences, None):
+            yield chunk
 
     async def speak(self, request: SpeechRequest) -> tuple[bytes, list[str]]:
         """Whole-buffer convenience: all PCM and the engines used, in order."""
@@ -196,7 +310,7 @@ class FallbackRouter:
         engines: list[str] = []
         async for chunk in self.synthesize(request):
             pcm.extend(chunk.pcm)
-            if not engines or engines[-1] != chunk.engine:
+            if chunk.pcm and (not engines or engines[-1] != chunk.engine):
                 engines.append(chunk.engine)
         return bytes(pcm), engines
 
@@ -240,21 +354,98 @@ class FallbackRouter:
         ranges = [self.config.speed_ranges.get(n, (0.25, 4.0)) for n in names]
         return max(r[0] for r in ranges), min(r[1] for r in ranges)
 
+    def _speed_for(self, name: str, request: SpeechRequest) -> float:
+        """The request's speed with the instructions' speed cue, kept within the engine's range."""
+        factor = parse_instructions(request.instructions).speed
+        if factor == 1.0:
+            return request.speed
+        low, high = self.config.speed_ranges.get(name, (0.25, 4.0))
+        return min(max(request.speed * factor, low), high)
+
     # ------------------------------------------------------------------ streaming
-    async def _consume(self, job: _SentenceJob) -> AsyncIterator[AudioChunk]:
+    async def _run(
+        self, request: SpeechRequest, sentences: AsyncIterator[str], total: int | None
+    ) -> AsyncIterator[AudioChunk]:
+        """Sentences in, chunks out in order; up to `lookahead` sentences ahead are synthesized."""
+        self.start()
+        state = _RequestState()
+        jobs: list[_SentenceJob] = []
+        arrived = asyncio.Event()
+        reading = 0  # the sentence the consumer is on; the feeder starts work up to lookahead past it
+
+        def launch(upto: int) -> None:
+            for job in jobs[reading : upto + 1]:
+                if job.task is None:
+                    job.task = asyncio.create_task(self._produce(job, total, request, state))
+
+        async def feed() -> None:
+            async for text in sentences:
+                jobs.append(_SentenceJob(len(jobs), text, request.sample_rate))
+                launch(reading + self.config.lookahead)
+                arrived.set()
+
+        feeder = asyncio.create_task(feed())
+        clock = _Clock()
+        try:
+            while True:
+                while reading >= len(jobs):
+                    if feeder.done():
+                        feeder.result()  # the source's own error, if it failed
+                        return
+                    arrived.clear()
+                    waiter = asyncio.ensure_future(arrived.wait())
+                    try:
+                        await asyncio.wait({waiter, feeder}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waiter.cancel()
+                launch(reading + self.config.lookahead)
+                job = jobs[reading]
+                async for chunk in self._consume(job, request.timestamps, clock):
+                    yield chunk
+                clock.offset_s += job.heard_s
+                reading += 1
+        finally:
+            # The caller left, failed, finished or cancelled: stop the feeder and look-ahead work
+            # (cancelled attempts are no strikes). asyncio.wait never raises the tasks'
+            # CancelledError as our own.
+            tasks = [feeder, *(job.task for job in jobs if job.task is not None)]
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+
+    async def _consume(self, job: _SentenceJob, timestamps: bool, clock: _Clock) -> AsyncIterator[AudioChunk]:
         while True:
             while job.cursor < len(job.chunks):
                 chunk = job.chunks[job.cursor]
                 job.cursor += 1
-                yield chunk
+                heard = job.read(chunk)
+                yield AudioChunk(chunk.pcm, chunk.engine, chunk.sentence, clock.marks(heard)) if timestamps else chunk
             if job.done:
                 if job.error is not None:
+                    if isinstance(job.error, ServiceError):
+                        job.error.sentence = job.index
                     raise job.error
+                rest = job.rest()
+                if timestamps and rest and job.chunks:
+                    yield AudioChunk(b"", job.chunks[-1].engine, job.index, clock.marks(rest))
                 return
             job.changed.clear()
             await job.changed.wait()
 
-    async def _produce(self, job: _SentenceJob, total: int, request: SpeechRequest, state: _RequestState) -> None:
+    async def _spoken(self, job: _SentenceJob, request: SpeechRequest) -> str:
+        """The sentence as the engines should say it (part 4: spoken-form normalisation)."""
+        if not request.normalize:
+            return job.text
+        try:
+            spoken = await asyncio.to_thread(to_spoken, job.text, request.language)
+        except Exception as exc:  # normalisation improves speech; it must never lose it
+            logger.debug("spoken form failed (%s); sentence %d spoken as written", type(exc).__name__, job.index + 1)
+            return job.text
+        return spoken if any(ch.isalnum() for ch in spoken) else job.text
+
+    async def _produce(
+        self, job: _SentenceJob, total: int | None, request: SpeechRequest, state: _RequestState
+    ) -> None:
         """Speak one sentence with the first engine that can; the result lands in `job`."""
         errors: list[str] = []
         busy_answers: list[str] = []
@@ -264,6 +455,7 @@ class FallbackRouter:
         queue_deadline: float | None = None
         loop = asyncio.get_running_loop()
         try:
+            job.spoken = await self._spoken(job, request)
             while True:
                 name, busy = self._acquire_next(request, state, tried, busy_noted)
                 if name is None:
@@ -273,16 +465,20 @@ class FallbackRouter:
                     remaining = queue_deadline - loop.time()
                     if remaining <= 0:
                         raise EnginesBusy(
-                            f"every engine is at its concurrency limit (sentence {job.index + 1} of {total})",
+                            f"every engine is at its concurrency limit (sentence {job.index + 1}{_of(total)})",
                             retry_after_s=1.0,
                         )
                     await self._capacity.wait(remaining)
                     continue
                 if previous is not None:
                     self.metrics.fallback(previous[0], name, previous[1])
+                job.begin_attempt()
                 try:
-                    sink = _sentence_sink(job, name)
-                    await self._attempt(name, job.text, request, sink)
+
+                    def sink(pcm: bytes, engine: str = name) -> None:
+                        job.push(AudioChunk(pcm, engine, job.index))
+
+                    await self._attempt(name, job.attempt_text, request, sink, on_mark=job.mark)
                 except (InvalidInput, asyncio.CancelledError):
                     raise
                 except EngineBusy:
@@ -291,28 +487,38 @@ class FallbackRouter:
                     busy_answers.append(name)
                     continue
                 except Exception as exc:
-                    heard = job.restart()
+                    heard, complete = job.restart()
                     errors.append(f"{name}: {reason_of(exc)}")
                     state.avoid.add(name)
                     previous = (name, _outcome(exc))
+                    if complete:
+                        logger.info(
+                            "engine %s failed sentence %d%s (%s) after its last word was heard; sentence done",
+                            name, job.index + 1, _of(total), type(exc).__name__,
+                        )
+                        job.finish()
+                        return
+                    resumed = job.attempt_start > 0
                     logger.info(
-                        "engine %s failed sentence %d/%d (%s)%s; trying next engine",
-                        name, job.index + 1, total, type(exc).__name__,
-                        f" after {heard} chunks were sent; restarting the sentence" if heard else "",
+                        "engine %s failed sentence %d%s (%s)%s; trying next engine",
+                        name, job.index + 1, _of(total), type(exc).__name__,
+                        (f" after {heard} chunks were sent; resuming at the first unheard word" if resumed
+                         else f" after {heard} chunks were sent; restarting the sentence" if heard else ""),
                     )
                     continue
+                job.end_attempt(estimate=request.timestamps)
                 if previous is not None:
-                    logger.info("sentence %d/%d spoken by %s after fallback", job.index + 1, total, name)
+                    logger.info("sentence %d%s spoken by %s after fallback", job.index + 1, _of(total), name)
                 job.finish()
                 return
             if busy_answers and not errors:
                 names = ", ".join(busy_answers)
-                message = f"every engine is busy (sentence {job.index + 1} of {total}: {names})"
+                message = f"every engine is busy (sentence {job.index + 1}{_of(total)}: {names})"
                 job.finish(EnginesBusy(message, retry_after_s=1.0))
                 return
             detail = "; ".join(errors + [f"{n}: busy" for n in busy_answers]) or "no engine available"
-            logger.warning("no engine could speak sentence %d/%d: %s", job.index + 1, total, detail[:500])
-            message = f"no engine could speak sentence {job.index + 1} of {total}: {detail}"
+            logger.warning("no engine could speak sentence %d%s: %s", job.index + 1, _of(total), detail[:500])
+            message = f"no engine could speak sentence {job.index + 1}{_of(total)}: {detail}"
             job.finish(AllEnginesFailed(message, retry_after_s=self._retry_after()))
         except asyncio.CancelledError:
             raise
@@ -355,9 +561,17 @@ class FallbackRouter:
         self._capacity.notify()
 
     async def _attempt(
-        self, name: str, text: str, request: SpeechRequest, sink: Callable[[bytes], None], *, probe: bool = False
+        self,
+        name: str,
+        text: str,
+        request: SpeechRequest,
+        sink: Callable[[bytes], None],
+        *,
+        probe: bool = False,
+        on_mark: Callable[[WordMark], None] | None = None,
     ) -> None:
-        """One engine speaks `text` into `sink`; records strikes and outcomes. Releases the slot taken."""
+        """One engine speaks `text` into `sink` (word marks to `on_mark`); records strikes and
+        outcomes. Releases the slot taken."""
         slot = self._slots[name]
         breaker = slot.breaker
         started_at = breaker.now()
@@ -369,24 +583,32 @@ class FallbackRouter:
             slot.requests += 1
         produced = 0
         started = False  # the engine said it began this request (left its queue)
-        iterator: AsyncIterator[bytes] | None = None
+        iterator: AsyncIterator[bytes | WordMark] | None = None
         try:
             try:
                 rate = await asyncio.wait_for(slot.client.sample_rate(), max(0.0, deadline - loop.time()))
             except TimeoutError:
                 raise FirstByteTimeout(f"engine info not within {limits.ttfb_timeout_s:.1f}s") from None
             resampler = StreamResampler(rate, request.sample_rate or rate)
-            iterator = slot.client.stream(text, request.voice, language=request.language, speed=request.speed)
+            iterator = slot.client.stream(
+                text, request.voice, language=request.language, speed=self._speed_for(name, request),
+                instructions=request.instructions,
+            )
             while True:
                 budget = max(0.0, deadline - loop.time()) if produced == 0 else limits.stall_timeout_s
                 try:
-                    pcm = await asyncio.wait_for(anext(iterator), budget)
+                    item = await asyncio.wait_for(anext(iterator), budget)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
                     if produced == 0:
                         raise FirstByteTimeout(f"no audio within {limits.ttfb_timeout_s:.1f}s") from None
                     raise StallTimeout(f"audio stalled for {limits.stall_timeout_s:.1f}s") from None
+                if isinstance(item, WordMark):
+                    if on_mark is not None:
+                        on_mark(item)
+                    continue
+                pcm = item
                 if not pcm:
                     if produced == 0 and not started:
                         # Queued time is not the engine's latency: the first-byte budget starts now.

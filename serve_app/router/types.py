@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config.settings import Settings
+from serve_app.core.timing import WordMark
 
 
 @dataclass(frozen=True)
@@ -76,18 +77,34 @@ class RouterConfig:
 
 @dataclass
 class SpeechRequest:
+    """What to say and how. `text` is unused by `FallbackRouter.stream` (its sentences come in)."""
+
     text: str
     voice: str | None = None
     language: str | None = None
     speed: float = 1.0
     sample_rate: int = 24000  # 0: the engine's own rate (probes)
     engine: str | None = None
+    # OpenAI's free-text direction: speed cues apply to every engine; the rest reaches engines that
+    # accept it (serve_app.core.style).
+    instructions: str | None = None
+    # Word times on the chunks (`AudioChunk.words`); off, no estimation work is done.
+    timestamps: bool = False
+    # Spoken form (numbers, dates ... as words) before synthesis; off, engines get the text as written.
+    normalize: bool = True
 
 
 @dataclass
 class AudioChunk:
-    """PCM at the requested rate, tagged with the engine that made it and its sentence index."""
+    """PCM at the requested rate, tagged with the engine that made it and its sentence index.
+
+    `words` (only when the request asked for timestamps) are the words heard in full by the end of
+    this chunk, in seconds from the start of the stream's audio. A chunk may carry words and no PCM
+    (a sentence's last words, or estimated timings, come after its audio); the first chunk of a
+    stream always has PCM.
+    """
 
     pcm: bytes
     engine: str
     sentence: int
+    words: tuple[WordMark, ...] = ()

@@ -2,17 +2,25 @@
 
 Edge's service is on the internet and tests must not be; this server answers the real edge-tts
 client (pointed at it by EDGE_WSS_URL) with the same message sequence the service sends:
-`turn.start`, `response`, `audio.metadata` (a SentenceBoundary), binary `audio` frames carrying
-MP3 (24 kHz mono, 48 kbit/s, like `audio-24khz-48kbitrate-mono-mp3`), an empty end-of-audio
-frame, then `turn.end`. The audio is real speech: the SSML's text is spoken by flite and encoded
-to MP3 with PyAV, so what the client decodes can be checked (duration, speed, not silence).
+`turn.start`, `response`, `audio.metadata` messages, binary `audio` frames carrying MP3 (24 kHz
+mono, 48 kbit/s, like `audio-24khz-48kbitrate-mono-mp3`), an empty end-of-audio frame, then
+`turn.end`. The audio is real speech: the SSML's text is spoken by flite and encoded to MP3 with
+PyAV, so what the client decodes can be checked (duration, speed, not silence).
+
+Boundaries follow the client's `speech.config` like the service: with `wordBoundaryEnabled` one
+`audio.metadata` message per word (`WordBoundary`: offset and duration in 100 ns ticks, the word
+as written in the text), each sent just before the audio frame in which that word begins; else
+one `SentenceBoundary` first. The times are flite's own (its utterance's segment times), so a
+test can compare what a client reports with what the engine said (`words` of each request).
 
 The SSML is parsed as XML, as the service does, and every request is recorded (`requests`), so
 tests can see which voice, rate and text arrived and whether any markup got through.
 
 Modes (`mode`, changeable while running): `normal`; `drop` (half the audio, then the TCP
 connection is cut without a close frame or `turn.end`); `hang` (accepts the websocket, never
-answers). Use `FakeEdgeServer` inside an event loop or `EdgeServerThread` from synchronous code.
+answers). `realtime_factor` (None: as fast as possible) paces the audio frames at that many times
+real time, as the service streams, so a benchmark can catch a turn in flight; `closed` records
+when each connection closed. Use `FakeEdgeServer` inside an event loop or `EdgeServerThread` from synchronous code.
 Run `python -m tests.fakes.edge_server` to aim a manual `serve run` at it.
 """
 
@@ -23,6 +31,7 @@ import asyncio
 import json
 import re
 import threading
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -35,6 +44,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from serve_app.core.audio import resample_pcm
+from serve_app.core.timing import TimedWord, WordMark, align_marks
 from serve_app.core.voices import Catalogue
 from serve_app.engines.edge import VOICES as EDGE_VOICES
 from serve_app.engines.flite import FliteEngine
@@ -42,6 +52,7 @@ from serve_app.engines.flite import FliteEngine
 MODES = ("normal", "drop", "hang")
 SSML_NS = "{http://www.w3.org/2001/10/synthesis}"
 EDGE_RATE = 24000
+MP3_BITRATE = 48000
 TICKS_PER_SECOND = 10_000_000
 
 
@@ -55,6 +66,11 @@ class EdgeRequest:
     markup_inside: list[str]
     query: str
     headers: dict[str, str] = field(default_factory=dict)
+    pitch: str = "+0Hz"
+    volume: str = "+0%"
+    # The word boundaries sent (word, start s, end s), in the service's time (before MP3 coding).
+    words: list[tuple[str, float, float]] = field(default_factory=list)
+    pcm: bytes = field(default=b"", repr=False)  # the audio before MP3 coding (24 kHz s16 mono)
 
 
 def parse_text_message(message: str) -> tuple[dict[str, str], str]:
@@ -66,15 +82,32 @@ def parse_text_message(message: str) -> tuple[dict[str, str], str]:
     return headers, body
 
 
-def parse_ssml(ssml: str) -> tuple[str, str, str, list[str]]:
-    """(voice, rate, spoken text, tags found inside <prosody>) of edge-tts's SSML template."""
+@dataclass(frozen=True)
+class Ssml:
+    voice: str
+    rate: str
+    pitch: str
+    volume: str
+    text: str
+    markup_inside: list[str]
+
+
+def parse_ssml(ssml: str) -> Ssml:
+    """Voice, prosody, spoken text and the tags found inside <prosody> of edge-tts's SSML template."""
     root = ET.fromstring(ssml)
     voice = root.find(f"{SSML_NS}voice")
     prosody = voice.find(f"{SSML_NS}prosody") if voice is not None else None
     if voice is None or prosody is None:
         raise ValueError("SSML without voice/prosody")
     inside = [element.tag.replace(SSML_NS, "") for element in prosody.iter()][1:]
-    return short_voice_name(voice.get("name", "")), prosody.get("rate", "+0%"), "".join(prosody.itertext()), inside
+    return Ssml(
+        short_voice_name(voice.get("name", "")),
+        prosody.get("rate", "+0%"),
+        prosody.get("pitch", "+0Hz"),
+        prosody.get("volume", "+0%"),
+        "".join(prosody.itertext()),
+        inside,
+    )
 
 
 def short_voice_name(name: str) -> str:
@@ -87,7 +120,7 @@ def speed_of(rate: str) -> float:
     return 1.0 + float(rate.rstrip("%")) / 100.0
 
 
-def encode_mp3(pcm: bytes, rate: int = EDGE_RATE, bitrate: int = 48000) -> bytes:
+def encode_mp3(pcm: bytes, rate: int = EDGE_RATE, bitrate: int = MP3_BITRATE) -> bytes:
     """Raw MP3 frames (no ID3 or Xing header), as Edge streams them."""
     encoder = av.CodecContext.create("libmp3lame", "w")
     encoder.sample_rate = rate
@@ -103,6 +136,17 @@ def encode_mp3(pcm: bytes, rate: int = EDGE_RATE, bitrate: int = 48000) -> bytes
     for packet in encoder.encode(None):  # type: ignore[arg-type]
         out += bytes(packet)
     return bytes(out)
+
+
+def _boundary(kind: str, text: str, start_s: float, end_s: float) -> dict[str, Any]:
+    return {
+        "Type": kind,
+        "Data": {
+            "Offset": int(start_s * TICKS_PER_SECOND),
+            "Duration": int((end_s - start_s) * TICKS_PER_SECOND),
+            "text": {"Text": escape(text), "Length": len(text), "BoundaryType": kind},
+        },
+    }
 
 
 def _text_message(request_id: str, path: str, body: dict[str, Any]) -> str:
@@ -132,6 +176,8 @@ class FakeEdgeServer:
         self.chunk_bytes = chunk_bytes
         self.requests: list[EdgeRequest] = []
         self.connections = 0
+        self.closed: list[float] = []  # time.monotonic() when each connection ended
+        self.realtime_factor: float | None = None
         self._server: Server | None = None
         self._flite = FliteEngine()
         self.catalogue = Catalogue({"edge": EDGE_VOICES})
@@ -165,28 +211,52 @@ class FakeEdgeServer:
             await connection.wait_closed()
             return
         query = connection.request.path if connection.request is not None else ""
+        word_boundaries = False
+        # When the connection closes, as the protocol library sees it (not when this handler next
+        # notices, which may be after a long synthesis).
+        watcher = asyncio.ensure_future(connection.wait_closed())
+        watcher.add_done_callback(lambda _: self.closed.append(time.monotonic()))
         try:
             async for message in connection:
                 if isinstance(message, bytes):
                     continue
                 headers, body = parse_text_message(message)
-                if headers.get("Path") == "ssml":
-                    await self._answer(connection, headers, body, query, mode)
+                if headers.get("Path") == "speech.config":
+                    word_boundaries = '"wordBoundaryEnabled":"true"' in body
+                elif headers.get("Path") == "ssml":
+                    await self._answer(connection, headers, body, query, mode, word_boundaries)
         except ConnectionClosed:
             return  # the client left, or `drop` cut the connection on purpose
 
-    async def _speak(self, text: str, voice: str, speed: float) -> bytes:
+    async def _speak(self, text: str, voice: str, speed: float) -> tuple[bytes, list[TimedWord]]:
+        """Flite's speech for `text` at Edge's rate, and its words (as written) with flite's times."""
         flite_voice = "rms" if self.catalogue.gender_of(voice) == "male" else "slt"
-        pcm = b"".join([c async for c in self._flite.synthesize(text, flite_voice, speed=min(max(speed, 0.25), 4.0))])
-        return resample_pcm(pcm, self._flite.sample_rate, EDGE_RATE)
+        pcm = b""
+        marks: list[WordMark] = []
+        async for piece in self._flite.synthesize(text, flite_voice, speed=min(max(speed, 0.25), 4.0)):
+            if isinstance(piece, WordMark):
+                marks.append(piece)
+            else:
+                pcm += piece
+        return resample_pcm(pcm, self._flite.sample_rate, EDGE_RATE), align_marks(text, marks)
 
     async def _answer(
-        self, connection: ServerConnection, headers: dict[str, str], ssml: str, query: str, mode: str
+        self,
+        connection: ServerConnection,
+        headers: dict[str, str],
+        ssml: str,
+        query: str,
+        mode: str,
+        word_boundaries: bool = False,
     ) -> None:
         request_id = headers.get("X-RequestId", uuid.uuid4().hex)
         stream_id = uuid.uuid4().hex.upper()
-        voice, rate, text, inside = parse_ssml(ssml)
-        self.requests.append(EdgeRequest(voice, rate, text, inside, query, headers))
+        parsed = parse_ssml(ssml)
+        voice, text = parsed.voice, parsed.text
+        request = EdgeRequest(
+            voice, parsed.rate, text, parsed.markup_inside, query, headers, parsed.pitch, parsed.volume
+        )
+        self.requests.append(request)
         await connection.send(_text_message(request_id, "turn.start", {"context": {"serviceTag": "fake"}}))
         await connection.send(
             _text_message(request_id, "response", {"context": {"serviceTag": "fake"}, "audio": {"type": "inline"}})
@@ -195,26 +265,36 @@ class FakeEdgeServer:
         if voice not in self.voices or not text.strip():
             await connection.send(_text_message(request_id, "turn.end", {}))
             return
-        pcm = await self._speak(text, voice, speed_of(rate))
+        pcm, words = await self._speak(text, voice, speed_of(parsed.rate))
         seconds = len(pcm) / (2 * EDGE_RATE)
-        lead = 0.05
-        boundary = {
-            "Type": "SentenceBoundary",
-            "Data": {
-                "Offset": int(lead * TICKS_PER_SECOND),
-                "Duration": int((seconds - lead) * TICKS_PER_SECOND),
-                "text": {"Text": escape(text), "Length": len(text), "BoundaryType": "SentenceBoundary"},
-            },
-        }
-        await connection.send(_text_message(request_id, "audio.metadata", {"Metadata": [boundary]}))
+        pending: list[dict[str, Any]] = []
+        if word_boundaries:
+            request.words = [(w.word, w.start_s, w.end_s) for w in words]
+            pending = [_boundary("WordBoundary", w.word, w.start_s, w.end_s) for w in words]
+        else:
+            lead = 0.05
+            sentence = _boundary("SentenceBoundary", text, lead, seconds)
+            await connection.send(_text_message(request_id, "audio.metadata", {"Metadata": [sentence]}))
+        request.pcm = pcm
         mp3 = encode_mp3(pcm)
         chunks = [mp3[i : i + self.chunk_bytes] for i in range(0, len(mp3), self.chunk_bytes)]
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         for index, chunk in enumerate(chunks):
+            if self.realtime_factor:
+                due = began + index * self.chunk_bytes * 8 / MP3_BITRATE / self.realtime_factor
+                await asyncio.sleep(max(0.0, due - loop.time()))
             if mode == "drop" and index >= len(chunks) // 2:
                 connection.transport.abort()  # no close frame, no turn.end: a cut connection
                 return
+            # Words that begin in this frame are announced before it (48 kbit/s CBR: bytes -> time).
+            chunk_end_ticks = (index + 1) * self.chunk_bytes * 8 * TICKS_PER_SECOND // MP3_BITRATE
+            while pending and pending[0]["Data"]["Offset"] < chunk_end_ticks:
+                await connection.send(_text_message(request_id, "audio.metadata", {"Metadata": [pending.pop(0)]}))
             await connection.send(_audio_message(request_id, stream_id, chunk))
             await asyncio.sleep(0)
+        for boundary in pending:
+            await connection.send(_text_message(request_id, "audio.metadata", {"Metadata": [boundary]}))
         await connection.send(_audio_message(request_id, stream_id, b""))
         await connection.send(_text_message(request_id, "turn.end", {}))
 

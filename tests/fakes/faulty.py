@@ -29,6 +29,7 @@ import numpy as np
 
 from config.settings import Settings
 from serve_app.core.errors import EngineBusy, EngineUnavailable, InvalidInput
+from serve_app.core.timing import WordMark
 from serve_app.core.voices import Voice
 from serve_app.engines.base import Engine, EngineCheck
 
@@ -52,6 +53,9 @@ class FaultPlan:
     chunk_delay_s: float = 0.0
     # Seconds spent queued before the engine starts; then it yields the admission marker b"".
     queued_s: float | None = None
+    # Yield a `WordMark` for each whitespace-separated word (the sentence's time shared evenly),
+    # just before the chunk in which it starts, like an engine with real alignment.
+    word_marks: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -231,7 +235,7 @@ class FaultyEngine(Engine):
 
     async def synthesize(
         self, text: str, voice: str | None = None, *, language: str | None = None, speed: float = 1.0
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[bytes | WordMark]:
         plan, elapsed = await self.control.plan()
         mode = plan.mode_for(text, elapsed)
         await self.control.record(text, "start")
@@ -252,7 +256,13 @@ class FaultyEngine(Engine):
             await asyncio.sleep(plan.first_byte_delay_s)
         value = sample_value(text, plan.code)
         chunk = np.full(SAMPLE_RATE * plan.chunk_ms // 1000, value, dtype="<i2").tobytes()
-        for index in range(max(1, plan.sentence_ms // plan.chunk_ms)):
+        count = max(1, plan.sentence_ms // plan.chunk_ms)
+        words = text.split() if plan.word_marks else []
+        word_s = count * plan.chunk_ms / 1000 / max(1, len(words))
+        marks = [WordMark(w, round(i * word_s, 4), round((i + 1) * word_s, 4)) for i, w in enumerate(words)]
+        for index in range(count):
+            while marks and marks[0].start_s < (index + 1) * plan.chunk_ms / 1000:
+                yield marks.pop(0)
             if index == 1 and mode == "stall":
                 await asyncio.Event().wait()
             if index == 1 and mode == "partial":

@@ -87,7 +87,10 @@ def calls(faults: tuple[str, Any], slot: str, *, user_only: bool = True) -> int:
 
 
 def body(text: str, **extra: Any) -> dict[str, Any]:
-    return {"input": text, "voice": "alloy", "response_format": "pcm", "sample_rate": 16000, **extra}
+    # The fault engines encode the text they get: no spoken form ("Caller 0" stays "Caller 0"), so
+    # each sentence can be found in the audio.
+    return {"input": text, "voice": "alloy", "response_format": "pcm", "sample_rate": 16000, "normalize": False,
+            **extra}
 
 
 def speak(client: httpx.Client, text: str, **extra: Any) -> httpx.Response:
@@ -219,3 +222,71 @@ def test_engine_pinning_and_the_engines_listing(client: httpx.Client, faults: tu
     by_name = {e["name"]: e for e in listing["data"]}
     assert by_name["edge"]["strikes"] == 1 and by_name["edge"]["failures"] >= 1
     assert by_name["flite"]["ttfb_p50_ms"] is not None
+
+
+def test_word_times_stay_monotonic_and_a_cut_sentence_resumes_at_the_unheard_word(
+    client: httpx.Client, faults: tuple[str, Any]
+) -> None:
+    """Engines that mark their words (like Edge and Flite): Zonos fails after its first 100 ms; Edge
+    goes on from the first word not heard in full, and the SSE word times keep growing."""
+    import base64
+    import json
+
+    plan(faults, "zonos", mode="partial", word_marks=True, fail_text="Ann")
+    plan(faults, "edge", word_marks=True)
+    text = "Ann bakes fresh bread daily. Then she sells it."
+    response = client.post(SPEECH, json=body(text, stream_format="sse", timestamps=True))
+    assert response.status_code == 200
+    events = [json.loads(line[6:]) for line in response.text.split("\n") if line.startswith("data: ")]
+    assert events[-1]["type"] == "speech.audio.done"
+    words = [e for e in events if e["type"] == "speech.word"]
+    assert [w["word"] for w in words] == ["Ann", "bakes", "fresh", "bread", "daily", "Then", "she", "sells", "it"]
+    starts = [w["start_s"] for w in words]
+    assert starts == sorted(starts)
+    pcm = b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta")
+    runs = faulty.decode_runs(pcm)
+    resumed = "bakes fresh bread daily."
+    assert [(r.token, r.code) for r in runs[:2]] == [
+        (faulty.token_for("Ann bakes fresh bread daily."), CODES["zonos"]), (faulty.token_for(resumed), CODES["edge"]),
+    ]
+    assert resumed in [t for t, e in board_call(faults, "log", SLOTS["edge"]) if e == "start"]
+
+
+async def test_socket_reports_a_sentence_no_engine_could_speak_and_stays_usable(
+    client: httpx.Client, faults: tuple[str, Any]
+) -> None:
+    """On the realtime socket, a failure after audio has started is an error event naming what was
+    not spoken, the turn still ends with `flushed`, and the next turn works."""
+    import json
+
+    from websockets.asyncio.client import connect
+
+    for slot in SLOTS:
+        plan(faults, slot, mode="error", fail_text="Doomed")
+    url = str(client.base_url).replace("http://", "ws://") + "/faults/v1/audio/speech/stream"
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"type": "session.update", "response_format": "pcm", "normalize": False}))
+        await ws.send(json.dumps({"type": "input_text.append", "text": "A fine start. Doomed middle. Lost end."}))
+        await ws.send(json.dumps({"type": "input_text.flush"}))
+        events: list[dict[str, Any]] = []
+        audio = 0
+        async with asyncio.timeout(30):
+            while not events or events[-1]["type"] != "flushed":
+                message = await ws.recv()
+                if isinstance(message, bytes):
+                    audio += len(message)
+                else:
+                    events.append(json.loads(message))
+        assert audio > 0
+        errors = [e["error"] for e in events if e["type"] == "error"]
+        assert len(errors) == 1 and errors[0]["code"] == "all_engines_failed"
+        assert "2 sentence(s) from sentence 1 on were not spoken" in errors[0]["message"]
+        assert [e["text"] for e in events if e["type"] == "sentence.start"] == ["A fine start."]
+        await ws.send(json.dumps({"type": "input_text.append", "text": "Next turn."}))
+        await ws.send(json.dumps({"type": "input_text.flush"}))
+        async with asyncio.timeout(30):
+            while True:
+                message = await ws.recv()
+                if isinstance(message, str) and json.loads(message)["type"] == "flushed":
+                    break
+                assert not (isinstance(message, str) and json.loads(message)["type"] == "error"), message

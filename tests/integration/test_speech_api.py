@@ -167,3 +167,11 @@ def test_request_id_is_echoed_once(client: httpx.Client) -> None:
     assert response.headers.get_list("x-request-id") == ["trace-abc-123"]
     assigned = client.get("/health").headers.get_list("x-request-id")
     assert len(assigned) == 1 and assigned[0]
+
+
+def test_deployments_list_every_engine_deployment_with_running_replicas(client: httpx.Client) -> None:
+    listing = client.get("/v1/deployments").json()
+    ours = {d["name"]: d for d in listing["data"] if d["application"] == "tts"}
+    assert {"Ingress", "FliteEngine", "EdgeEngine", "PiperEngine"} <= set(ours), listing
+    for deployment in ours.values():
+        assert deployment["status"] == "HEALTHY" and deployment["replicas"].get("RUNNING", 0) >= 1, deployment

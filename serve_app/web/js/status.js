@@ -35,10 +35,11 @@ export function initStatus() {
 
 /** One poll. The three calls are independent: one failing (e.g. 401 without a key) leaves the rest. */
 export async function refresh() {
-  const [engines, ready, db] = await Promise.allSettled([
+  const [engines, ready, db, deployments] = await Promise.allSettled([
     apiJson("/v1/engines"),
     apiJson("/health/ready", {}, [503]),
     apiJson("/health/db", {}, [503]),
+    apiJson("/v1/deployments"),
   ]);
   const problems = [];
   if (engines.status === "fulfilled") {
@@ -52,6 +53,8 @@ export async function refresh() {
   }
   if (db.status === "fulfilled") renderDatabase(db.value);
   else problems.push(`Database: ${db.reason.message}`);
+  if (deployments.status === "fulfilled") renderDeployments(deployments.value);
+  else problems.push(`Deployments: ${deployments.reason.message}`);
   say($("#status-message"), problems.join(" · "), problems.length ? "error" : "info");
   $("#status-updated").textContent = new Date().toLocaleTimeString();
 }
@@ -92,6 +95,26 @@ function renderEngines(status) {
     ),
   );
   replaceChildren($("#engines-table tbody"), rows);
+}
+
+function renderDeployments(listing) {
+  const rows = (listing.data ?? []).map((deployment) =>
+    el(
+      "tr",
+      { dataset: { deployment: deployment.name } },
+      el("th", { scope: "row" }, `${deployment.application}/${deployment.name}`),
+      el("td", {}, deployment.status ?? "–"),
+      el(
+        "td",
+        {},
+        Object.entries(deployment.replicas ?? {})
+          .map(([state, count]) => `${count} ${state.toLowerCase()}`)
+          .join(", ") || "none",
+      ),
+    ),
+  );
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colSpan: 3 }, listing.reason ?? "no deployments")));
+  replaceChildren($("#deployments-table tbody"), rows);
 }
 
 function breakerKind(state) {

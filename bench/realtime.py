@@ -1,0 +1,417 @@
+"""The realtime socket against HTTP: first audio, barge-in, and word timings, through Ray Serve.
+
+    python -m bench.realtime [--runs 20] [--report reports/realtime.json]
+
+Starts a private deployment (`bench.serve_local`: serve_config.yaml, its own Ray cluster) with the
+chain `zonos,edge,flite` and Edge pointed at a local fake Edge service (tests/fakes/edge_server.py:
+Edge's protocol, word boundaries, Flite's voice as MP3, streamed at `--edge-realtime-factor` times
+real time like the service). Zonos has no GPU here and is reported unavailable. Then, one after
+another (never concurrently, so they do not steal CPU from each other), per engine:
+
+1. First audio: HTTP time to first byte of a one-sentence `pcm` request, against the socket's time
+   from the fragment that completes the same sentence (its final ". ", after the rest of the
+   sentence was sent in 4-character fragments like LLM tokens) to the first binary frame, and from
+   `input_text.flush` (a sentence without end punctuation) to the first frame. Target: <= 1.2x.
+   HTTP and socket runs alternate, so both see the same machine.
+2. Barge-in: a long answer, `cancel` after its first audio frame: time to `cancelled` (target p95
+   <= 100 ms), and when the engine's work stopped (target <= 200 ms): for Flite from the CPU time of
+   its replica process (psutil, sampled every 4 ms; /proc counts 10 ms ticks): the moment after which
+   it used at most one more tick in a 600 ms window, next to the CPU it used in that window and in an
+   idle window; for Edge the moment the fake service saw the engine's connections close.
+3. Word timing: word start times on the socket against the engine's own timing, end to end: the
+   audio the client received before the sentence started plus the engine's time for the word
+   (Flite: its utterance's segment times, from libflite in this process; Edge: the word boundaries
+   the service sent, plus the MP3 codec delay measured on the audio itself by cross-correlation).
+   Target: within 50 ms. For reference, how far the estimate that engines without alignment get
+   (serve_app.core.timing.estimate_words) lands from Flite's exact times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+
+from bench.common import timed_post
+
+SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank."
+OPEN_SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank"
+LONG_SENTENCE = (
+    "This is a long sentence of a spoken answer, with several clauses in it, which keeps the engine "
+    "busy for a while, so that a barge-in arrives while the engine is still at work on it and on the "
+    "sentences that follow it"
+)
+LONG = " ".join(f"{LONG_SENTENCE} number {n}." for n in ("one", "two", "three", "four", "five", "six"))
+TIMING_TEXT = (
+    "Good morning, and welcome back. Your order of twelve items shipped yesterday afternoon. "
+    "It should arrive on Thursday, weather permitting; please keep your phone nearby."
+)
+PCM_RATE = 24000
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def summary_ms(values: list[float]) -> dict[str, float]:
+    ms = [v * 1000 for v in values]
+    return {"n": len(ms), "p50": round(pct(ms, 0.5), 1), "p95": round(pct(ms, 0.95), 1), "max": round(max(ms), 1)}
+
+
+def ws_url(url: str) -> str:
+    return url.replace("http://", "ws://") + "/v1/audio/speech/stream"
+
+
+async def send(ws: ClientConnection, kind: str, **fields: Any) -> None:
+    await ws.send(json.dumps({"type": kind, **fields}))
+
+
+Received = list[tuple[bytes | dict[str, Any], int]]  # each message with the audio bytes before it
+
+
+async def until(ws: ClientConnection, kind: str) -> tuple[list[dict[str, Any]], Received]:
+    """Events up to `kind`, and everything received in order with the audio bytes before it."""
+    events: list[dict[str, Any]] = []
+    ordered: list[tuple[bytes | dict[str, Any], int]] = []
+    audio = 0
+    async with asyncio.timeout(120):
+        while True:
+            message = await ws.recv()
+            if isinstance(message, bytes):
+                ordered.append((message, audio))
+                audio += len(message)
+                continue
+            event = json.loads(message)
+            if event["type"] == "error":
+                raise RuntimeError(f"error event: {event['error']}")
+            events.append(event)
+            ordered.append((event, audio))
+            if event["type"] == kind:
+                return events, ordered
+
+
+# ---------------------------------------------------------------------------------- first audio
+async def first_audio(url: str, engine: str, runs: int) -> dict[str, Any]:
+    """Each run on a fresh socket (connected before the clock starts): a socket paces its audio like
+    a real-time listener, so turns sent back to back would otherwise wait for earlier audio."""
+    body: dict[str, object] = {
+        "model": "tts-1", "voice": "alloy", "input": SENTENCE, "response_format": "pcm", "engine": engine,
+    }
+    http: list[float] = []
+    completed: list[float] = []
+    flushed: list[float] = []
+    pieces = [SENTENCE[i : i + 4] for i in range(0, len(SENTENCE) - 2, 4)]
+    rest = SENTENCE[sum(len(p) for p in pieces) :] + " "  # the fragment that completes the sentence
+
+    async def first_frame(ws: ClientConnection, last: str, kind: str) -> float:
+        started = time.perf_counter()
+        await send(ws, kind, **({"text": last} if kind == "input_text.append" else {}))
+        async with asyncio.timeout(60):
+            while not isinstance(await ws.recv(), bytes):
+                pass
+        return time.perf_counter() - started
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        for run in range(runs + 3):  # three warm-up rounds
+            timing = await timed_post(client, f"{url}/v1/audio/speech", body)
+            async with connect(ws_url(url)) as ws:
+                await send(ws, "session.update", response_format="pcm", engine=engine)
+                for piece in pieces:
+                    await send(ws, "input_text.append", text=piece)
+                after_end = await first_frame(ws, rest, "input_text.append")
+                await send(ws, "cancel")
+                await until(ws, "cancelled")
+            async with connect(ws_url(url)) as ws:
+                await send(ws, "session.update", response_format="pcm", engine=engine)
+                await send(ws, "input_text.append", text=OPEN_SENTENCE)
+                after_flush = await first_frame(ws, "", "input_text.flush")
+                await send(ws, "cancel")
+                await until(ws, "cancelled")
+            if run >= 3:
+                http.append(timing.ttfb_s)
+                completed.append(after_end)
+                flushed.append(after_flush)
+    ratio = statistics.median(completed) / statistics.median(http)
+    return {
+        "http_ttfb_ms": summary_ms(http),
+        "ws_sentence_end_to_audio_ms": summary_ms(completed),
+        "ws_flush_to_audio_ms": summary_ms(flushed),
+        "ratio_p50": round(ratio, 2),
+        "ratio_p95": round(pct(completed, 0.95) / pct(http, 0.95), 2),
+        "ratio_flush_p50": round(statistics.median(flushed) / statistics.median(http), 2),
+    }
+
+
+# ---------------------------------------------------------------------------------- barge-in
+class CpuWatch:
+    """Samples a process's CPU time every 4 ms in a thread: when did it stop growing after a moment?"""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self._process = psutil.Process(pid)
+        self._samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            times = self._process.cpu_times()
+            self._samples.append((time.perf_counter(), times.user + times.system))
+            time.sleep(0.004)
+
+    def __enter__(self) -> CpuWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _cpu_at(self, moment: float) -> float:
+        before = [cpu for at, cpu in self._samples if at <= moment]
+        return before[-1] if before else self._samples[0][1]
+
+    def stopped_after(self, moment: float, window_s: float, allowance_s: float = 0.011) -> tuple[float, float]:
+        """(seconds after `moment` from which the process used at most `allowance_s` more CPU up to
+        the end of the window, CPU seconds used in the window). /proc counts 10 ms ticks, and a
+        replica has background work (metrics, health checks): one tick is allowed."""
+        end = self._cpu_at(moment + window_s)
+        used = end - self._cpu_at(moment)
+        for at, cpu in self._samples:
+            if moment <= at <= moment + window_s and end - cpu <= allowance_s:
+                return at - moment, used
+        return window_s, used
+
+    def idle_cpu(self, start: float, window_s: float) -> float:
+        return self._cpu_at(start + window_s) - self._cpu_at(start)
+
+
+def replica_pid(deployment: str) -> int | None:
+    """The process of a replica of our own cluster (a descendant of this process: other people's
+    clusters on the host are left out), found by the title Ray gives it."""
+    import psutil
+
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if f"ServeReplica:tts:{deployment}" in " ".join(process.cmdline()):
+                return int(process.pid)
+    return None
+
+
+async def barge_in(url: str, engine: str, runs: int, fake: Any | None, delay_s: float = 0.0) -> dict[str, Any]:
+    """`cancel` after the first audio frame (+ `delay_s`); see the module docstring."""
+    acks: list[float] = []
+    stops: list[float] = []
+    used: list[float] = []
+    idle: list[float] = []
+    pid = replica_pid("FliteEngine") if engine == "flite" else None
+    watch = CpuWatch(pid) if pid else None
+    with watch if watch is not None else contextlib.nullcontext():
+        async with connect(ws_url(url)) as ws:
+            await send(ws, "session.update", response_format="pcm", engine=engine)
+            for run in range(runs + 2):
+                await send(ws, "input_text.append", text=LONG)
+                async with asyncio.timeout(60):
+                    while not isinstance(await ws.recv(), bytes):
+                        pass
+                if delay_s:
+                    await asyncio.sleep(delay_s)
+                closed_before = len(fake.closed) if fake is not None else 0
+                started = time.perf_counter()
+                cancelled_at = time.monotonic()
+                await send(ws, "cancel")
+                async with asyncio.timeout(30):
+                    while True:
+                        message = await ws.recv()
+                        if isinstance(message, str) and json.loads(message)["type"] == "cancelled":
+                            break
+                ack = time.perf_counter() - started
+                await asyncio.sleep(0.7)  # the window after the cancel
+                quiet_from = time.perf_counter()
+                await asyncio.sleep(0.7)  # an idle window: the replica's background CPU
+                if run < 2:
+                    continue
+                acks.append(ack)
+                if watch is not None:
+                    stop, spent = watch.stopped_after(started, 0.6)
+                    stops.append(stop)
+                    used.append(spent)
+                    idle.append(watch.idle_cpu(quiet_from, 0.6))
+                elif fake is not None:
+                    ends = [t - cancelled_at for t in fake.closed[closed_before:]]
+                    if ends:
+                        stops.append(max(0.0, max(ends)))
+    result: dict[str, Any] = {"cancel_ack_ms": summary_ms(acks)}
+    if stops:
+        how = (
+            "FliteEngine replica CPU: no more than one 10 ms tick used after this point (600 ms window)"
+            if watch else "fake Edge service saw the engine's sockets close"
+        )
+        result["engine_stopped_ms"] = {**summary_ms(stops), "measured_by": how}
+    if used:
+        result["replica_cpu_ms_in_600ms_after_cancel"] = summary_ms(used)
+        result["replica_cpu_ms_in_600ms_idle"] = summary_ms(idle)
+    return result
+
+
+# ---------------------------------------------------------------------------------- word timing
+def lag_s(received: bytes, original: bytes, rate: int = PCM_RATE, max_lag_s: float = 0.2) -> float:
+    """The delay of `received` against `original` (same rate), by cross-correlating their first second."""
+    a = np.frombuffer(received[: len(received) - len(received) % 2], dtype="<i2").astype(np.float64)[:rate]
+    b = np.frombuffer(original[: len(original) - len(original) % 2], dtype="<i2").astype(np.float64)[:rate]
+    lags = range(int(max_lag_s * rate))
+    scores = [float(np.dot(a[lag : lag + len(b) - int(max_lag_s * rate)], b[: len(b) - int(max_lag_s * rate)]))
+              for lag in lags]
+    return int(np.argmax(scores)) / rate
+
+
+def flite_reference(sentence: str) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """Flite's own word starts for `sentence` (aligned to its words), and the estimate from its audio."""
+    from serve_app.core.timing import WordMark, align_marks, estimate_words
+    from serve_app.engines.flite import FliteEngine
+
+    async def run() -> tuple[list[WordMark], bytes]:
+        engine = FliteEngine(backend="library")
+        marks: list[WordMark] = []
+        pcm = b""
+        async for piece in engine.synthesize(sentence, "slt"):
+            if isinstance(piece, WordMark):
+                marks.append(piece)
+            else:
+                pcm += piece
+        return marks, pcm
+
+    marks, pcm = asyncio.run(run())
+    exact = [(w.word, w.start_s) for w in align_marks(sentence, marks)]
+    estimated = [(w.word, w.start_s) for w in estimate_words(sentence, pcm, 16000)]
+    return exact, estimated
+
+
+async def word_timing(url: str, engine: str, fake: Any | None) -> dict[str, Any]:
+    async with connect(ws_url(url), max_size=None) as ws:
+        await send(ws, "session.update", response_format="pcm", engine=engine, timestamps=True, normalize=False,
+                   voice="alloy")
+        requests_before = len(fake.requests) if fake is not None else 0
+        await send(ws, "input_text.append", text=TIMING_TEXT)
+        await send(ws, "input_text.flush")
+        _, ordered = await until(ws, "flushed")
+    audio = b"".join(m for m, _ in ordered if isinstance(m, bytes))
+    sentences: list[dict[str, Any]] = []
+    for message, audio_before in ordered:
+        if isinstance(message, dict) and message["type"] == "sentence.start":
+            sentences.append({"text": message["text"], "audio_before_s": audio_before / (2 * PCM_RATE),
+                              "start_s": message["start_s"], "words": []})
+        elif isinstance(message, dict) and message["type"] == "word":
+            sentences[-1]["words"].append((message["word"], message["start_s"]))
+    errors: list[float] = []
+    estimate_errors: list[float] = []
+    lags: list[float] = []
+    for sentence in sentences:
+        if engine == "flite":
+            reference, estimated = await asyncio.to_thread(flite_reference, sentence["text"])
+            exact = dict(reference)
+            estimate_errors += [abs(t - exact[w]) for w, t in estimated if w in exact]
+            offset = 0.0
+        else:
+            assert fake is not None, "Edge's reference timings come from the fake service"
+            # By text: a request cancelled by the barge-in part may still arrive after the snapshot.
+            request = [r for r in fake.requests[requests_before:] if r.text == sentence["text"]][-1]
+            reference = [(w, start) for w, start, _ in request.words]
+            begin = int(sentence["audio_before_s"] * PCM_RATE) * 2
+            offset = lag_s(audio[begin : begin + 2 * PCM_RATE], request.pcm)
+            lags.append(offset)
+        assert [w for w, _ in sentence["words"]] == [w for w, _ in reference], (sentence["words"], reference)
+        for (_, ours), (_, theirs) in zip(sentence["words"], reference, strict=True):
+            errors.append(abs(ours - (sentence["audio_before_s"] + offset + theirs)))
+    result: dict[str, Any] = {
+        "words": len(errors),
+        "start_error_ms": summary_ms(errors),
+        "sentence_start_vs_client_audio_ms": round(
+            max(abs(s["start_s"] - s["audio_before_s"]) for s in sentences) * 1000, 1
+        ),
+    }
+    if estimate_errors:
+        result["estimate_vs_exact_ms"] = summary_ms(estimate_errors)
+    if lags:
+        result["mp3_codec_lag_measured_ms"] = round(statistics.median(lags) * 1000, 1)
+    return result
+
+
+# ---------------------------------------------------------------------------------- driver
+@contextlib.contextmanager
+def deployment(realtime_factor: float) -> Iterator[tuple[str, Any]]:
+    from bench import serve_local
+    from tests.fakes.edge_server import EdgeServerThread
+
+    with EdgeServerThread("normal") as fake:
+        fake.realtime_factor = realtime_factor
+        info = serve_local.start(
+            chain="zonos,edge,flite",
+            database_url=serve_local.FALLBACK_DATABASE_URL,
+            env={"EDGE_ENABLED": "true", "EDGE_WSS_URL": fake.url},
+        )
+        try:
+            yield info["url"], fake
+        finally:
+            serve_local.stop()
+
+
+async def measure(url: str, fake: Any, runs: int, engines: list[str], parts: list[str]) -> dict[str, Any]:
+    report: dict[str, Any] = {}
+    for engine in engines:
+        report[engine] = {}
+        if "first_audio" in parts:
+            print(f"[{engine}] first audio ...", flush=True)
+            report[engine]["first_audio"] = await first_audio(url, engine, runs)
+        if "barge_in" in parts:
+            print(f"[{engine}] barge-in ...", flush=True)
+            report[engine]["barge_in"] = await barge_in(url, engine, runs, fake if engine == "edge" else None)
+            # The same once the engines have finished their look-ahead (the socket is pacing its
+            # audio): the acknowledgement alone, without engine work competing for the 2 cores.
+            report[engine]["barge_in_engines_idle"] = {
+                "cancel_ack_ms": (await barge_in(url, engine, runs, None, delay_s=1.5))["cancel_ack_ms"]
+            }
+        if "word_timing" in parts:
+            print(f"[{engine}] word timing ...", flush=True)
+            report[engine]["word_timing"] = await word_timing(url, engine, fake)
+        print(json.dumps(report[engine], indent=2), flush=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.realtime", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--engines", default="flite,edge")
+    parser.add_argument("--parts", default="first_audio,barge_in,word_timing")
+    parser.add_argument("--edge-realtime-factor", type=float, default=4.0,
+                        help="the fake Edge service streams audio this many times faster than real time")
+    parser.add_argument("--report", type=Path, default=None, help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+    import os
+
+    load = os.getloadavg()
+    with deployment(args.edge_realtime_factor) as (url, fake):
+        report = asyncio.run(measure(url, fake, args.runs, args.engines.split(","), args.parts.split(",")))
+    report["host"] = {"cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in load],
+                      "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""The router's word timings, mid-sentence resumption and streamed text, over fault-injecting engines.
+
+The fault engines' audio encodes the text each was asked to speak (`tests.fakes.faulty`), so a test
+can see that a failover resumed at the first unheard word (the next engine got only the rest of the
+sentence) instead of saying the sentence again. No assertion depends on wall-clock time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from serve_app.core.timing import WordMark
+from serve_app.router import AudioChunk, FallbackRouter, RouterConfig, SpeechRequest
+from serve_app.router.clients import LocalEngineClient
+from tests.fakes.faulty import SAMPLE_RATE, FaultPlan, FaultyEngine, LocalControl, decode_runs, token_for
+
+CHAIN = ("zonos", "edge", "flite")
+
+
+class Rig:
+    def __init__(self, **config: object) -> None:
+        self.controls = {name: LocalControl(FaultPlan(code=i)) for i, name in enumerate(CHAIN)}
+        clients = {name: LocalEngineClient(FaultyEngine(name, self.controls[name])) for name in CHAIN}
+        defaults: dict[str, object] = {"ttfb_timeout_s": 0.5, "stall_timeout_s": 0.5, "cooldown_s": 5.0}
+        self.router = FallbackRouter(clients, RouterConfig(**{**defaults, **config}))  # type: ignore[arg-type]
+
+    def plan(self, name: str, **plan: object) -> None:
+        plan.setdefault("code", CHAIN.index(name))
+        self.controls[name].set(FaultPlan(**plan))  # type: ignore[arg-type]
+
+    async def chunks(self, text: str, **kwargs: object) -> list[AudioChunk]:
+        request = SpeechRequest(text, sample_rate=SAMPLE_RATE, timestamps=True, normalize=False, **kwargs)  # type: ignore[arg-type]
+        return [chunk async for chunk in self.router.synthesize(request)]
+
+    async def in_flight(self) -> list[int]:
+        return [e["in_flight"] for e in await self.router.engines_status()]
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    made = Rig()
+    yield made
+    await made.router.aclose()
+
+
+def words_of(chunks: list[AudioChunk]) -> list[WordMark]:
+    return [w for c in chunks for w in c.words]
+
+
+def assert_monotonic(words: list[WordMark], audio_s: float) -> None:
+    starts = [w.start_s for w in words]
+    assert starts == sorted(starts), starts
+    assert all(w.start_s <= w.end_s <= audio_s + 1e-6 for w in words)
+
+
+async def test_estimated_words_for_every_sentence_in_stream_time(rig: Rig) -> None:
+    text = "One apple here. Two pears there. Three plums."
+    chunks = await rig.chunks(text)
+    audio_s = sum(len(c.pcm) for c in chunks) / (2 * SAMPLE_RATE)
+    words = words_of(chunks)
+    assert [w.word for w in words] == ["One", "apple", "here", "Two", "pears", "there", "Three", "plums"]
+    assert_monotonic(words, audio_s)
+    assert words[3].start_s >= 0.3 - 1e-6  # the second sentence starts after the first one's audio
+    assert chunks[0].pcm  # the first chunk is always audio
+
+
+async def test_exact_marks_pass_through_shifted_by_earlier_sentences(rig: Rig) -> None:
+    rig.plan("zonos", word_marks=True)
+    chunks = await rig.chunks("Alpha beta gamma. Delta epsilon.")
+    words = words_of(chunks)
+    assert [(w.word, w.start_s) for w in words] == [
+        ("Alpha", 0.0), ("beta", 0.1), ("gamma", 0.2), ("Delta", 0.3), ("epsilon", 0.45),
+    ]
+    assert chunks[0].pcm and chunks[-1].sentence == 1
+
+
+async def test_mid_sentence_failover_resumes_at_the_first_unheard_word(rig: Rig) -> None:
+    rig.plan("zonos", mode="partial", word_marks=True)  # fails after its first 100 ms chunk
+    rig.plan("edge", word_marks=True)
+    text = "Ann bakes fresh bread daily."
+    chunks = await rig.chunks(text)
+    runs = decode_runs(b"".join(c.pcm for c in chunks))
+    # Zonos said "Ann" (0-60 ms) and part of "bakes"; Edge goes on from "bakes", not from "Ann".
+    assert [(r.token, r.code) for r in runs] == [(token_for(text), 0), (token_for("bakes fresh bread daily."), 1)]
+    assert rig.controls["edge"].log[0][0] == "bakes fresh bread daily."
+    words = words_of(chunks)
+    assert [w.word for w in words] == ["Ann", "bakes", "fresh", "bread", "daily"]  # each word once
+    assert_monotonic(words, sum(len(c.pcm) for c in chunks) / (2 * SAMPLE_RATE))
+    assert words[1].start_s >= 0.1 - 1e-6  # Edge's words come after the audio heard from Zonos
+
+
+async def test_without_marks_the_sentence_is_said_again_and_times_stay_monotonic(rig: Rig) -> None:
+    rig.plan("zonos", mode="partial")
+    text = "First one here. Second one there."
+    chunks = await rig.chunks(text)
+    runs = decode_runs(b"".join(c.pcm for c in chunks))
+    assert runs[0].code == 0 and runs[1].token == token_for("First one here.") and runs[1].code == 1
+    words = words_of(chunks)
+    assert [w.word for w in words] == ["First", "one", "here", "Second", "one", "there"]
+    assert_monotonic(words, sum(len(c.pcm) for c in chunks) / (2 * SAMPLE_RATE))
+    assert words[0].start_s >= 0.1 - 1e-6  # after the heard part of the failed attempt
+
+
+async def test_instructions_speed_cue_reaches_every_engine_within_its_range() -> None:
+    seen: list[float] = []
+
+    class Recording(FaultyEngine):
+        async def synthesize(self, text: str, voice: str | None = None, *, language: str | None = None,
+                             speed: float = 1.0) -> AsyncIterator[bytes | WordMark]:
+            seen.append(speed)
+            async for piece in super().synthesize(text, voice, language=language, speed=speed):
+                yield piece
+
+    router = FallbackRouter({"flite": LocalEngineClient(Recording("flite"))}, RouterConfig(speed_ranges={
+        "flite": (0.5, 2.0)}))
+    try:
+        await router.speak(SpeechRequest("Hello.", instructions="Please speak slowly.", sample_rate=SAMPLE_RATE))
+        await router.speak(SpeechRequest("Hello.", speed=2.0, instructions="very quickly", sample_rate=SAMPLE_RATE))
+    finally:
+        await router.aclose()
+    assert seen[0] < 1.0 and seen[1] == 2.0  # a cue never pushes an engine past its range
+
+
+async def sentences_from(queue: asyncio.Queue[str | None]) -> AsyncIterator[str]:
+    while (item := await queue.get()) is not None:
+        yield item
+
+
+async def test_stream_speaks_sentences_as_they_arrive_in_order(rig: Rig) -> None:
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    stream = rig.router.stream(SpeechRequest("", sample_rate=SAMPLE_RATE, normalize=False), sentences_from(queue))
+    queue.put_nowait("Early bird.")
+    first = await anext(stream)  # audio of the first sentence before the second exists
+    assert decode_runs(first.pcm)[0].token == token_for("Early bird.")
+    for text in ("Second part.", "Third part."):
+        queue.put_nowait(text)
+    queue.put_nowait(None)
+    rest = [chunk async for chunk in stream]
+    tokens = [r.token for r in decode_runs(first.pcm + b"".join(c.pcm for c in rest))]
+    assert tokens == [token_for(t) for t in ("Early bird.", "Second part.", "Third part.")]
+    assert [c.sentence for c in rest][-1] == 2
+
+
+async def test_closing_a_stream_cancels_every_sentence_in_flight(rig: Rig) -> None:
+    rig.plan("zonos", chunk_delay_s=0.05, sentence_ms=2000)  # slow sentences: several in flight at once
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    for i in range(4):
+        queue.put_nowait(f"Sentence number {'abcd'[i]} is long.")
+    stream = rig.router.stream(SpeechRequest("", sample_rate=SAMPLE_RATE, normalize=False), sentences_from(queue))
+    await anext(stream)
+    assert (await rig.in_flight())[0] == 3  # the current sentence and two ahead (lookahead 2)
+    await stream.aclose()  # a barge-in
+    assert await rig.in_flight() == [0, 0, 0]
+    log = rig.controls["zonos"].log
+    assert [e for _, e in log].count("done") == 0  # nothing was finished after the cancel
+    assert rig.router.breaker("zonos").total_strikes == 0  # cancelled work is no strike
+
+
+async def test_a_sentence_source_that_fails_ends_the_stream_with_its_error(rig: Rig) -> None:
+    async def broken() -> AsyncIterator[str]:
+        yield "Fine start."
+        raise RuntimeError("source broke")
+
+    stream = rig.router.stream(SpeechRequest("", sample_rate=SAMPLE_RATE, normalize=False), broken())
+    with pytest.raises(RuntimeError, match="source broke"):
+        async for _ in stream:
+            pass
+    assert await rig.in_flight() == [0, 0, 0]
