@@ -30,6 +30,9 @@ TEST_ENV = {
     "TTS_STALL_TIMEOUT_S": "3.0",
     "SESSION_SWEEP_INTERVAL_S": "1.0",
     "ENV_FILE": "/nonexistent/.env",
+    # The spoken-form grammars `make test` compiled (replicas may run elsewhere than the repository
+    # root; a missing cache would be compiled again in every replica, tens of seconds of CPU each).
+    "TTS_NORMALIZE_CACHE_DIR": str(Path(__file__).resolve().parents[1] / "data" / "tn-cache"),
 }
 
 

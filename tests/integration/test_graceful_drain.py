@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from serve_app.launch import SAME_STOP_WINDOW_S
-from tests.conftest import free_port
+from tests.conftest import TEST_ENV, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -73,6 +73,7 @@ def start_launcher(tmp: Path, *extra: str, under_parent: bool = False) -> Launch
         "DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/s.db",
         "TTS_ENGINE_CHAIN": "flite",
         "RAY_ADDRESS": "127.0.0.1:1",
+        "TTS_NORMALIZE_CACHE_DIR": TEST_ENV["TTS_NORMALIZE_CACHE_DIR"],
     }
     log = tmp / "launch.log"
     with log.open("wb") as out:
