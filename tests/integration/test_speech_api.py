@@ -173,5 +173,8 @@ def test_deployments_list_every_engine_deployment_with_running_replicas(client: 
     listing = client.get("/v1/deployments").json()
     ours = {d["name"]: d for d in listing["data"] if d["application"] == "tts"}
     assert {"Ingress", "FliteEngine", "EdgeEngine", "PiperEngine"} <= set(ours), listing
+    # Earlier tests load the engines, so an autoscaled deployment may be adding or shedding replicas:
+    # what matters is that it serves (a running replica) and is not failing.
+    serving = {"HEALTHY", "UPSCALING", "DOWNSCALING"}
     for deployment in ours.values():
-        assert deployment["status"] == "HEALTHY" and deployment["replicas"].get("RUNNING", 0) >= 1, deployment
+        assert deployment["status"] in serving and deployment["replicas"].get("RUNNING", 0) >= 1, deployment
