@@ -1,21 +1,26 @@
 """ServeTTS: a livekit-agents `tts.TTS` plugin that speaks through this project's Serve app.
 
-Two transports reach the same fallback chain (TTS_ENGINE_CHAIN):
+Transports (`AGENT_TTS_TRANSPORT`), all reaching the same fallback chain (TTS_ENGINE_CHAIN):
 
 - `handle`: inside the Ray cluster (an agent actor, or any driver connected to it) the plugin
   builds its own in-process `FallbackRouter` over the engines' `DeploymentHandle`s, exactly like
   the ingress does: audio streams from the engine replica straight to the agent, no HTTP hop.
-- `http`: outside the cluster it streams `POST /v1/audio/speech` with `response_format=pcm`.
-- `auto` picks `handle` when Ray is initialized and the Serve app has engine deployments.
+- `websocket`: `stream()` opens one realtime socket (`/v1/audio/speech/stream`) per turn; the
+  server cuts the LLM's tokens into sentences and pipelines them. `synthesize()` uses HTTP.
+- `http`: `POST /v1/audio/speech` with `response_format=pcm`; `stream()` cuts sentences here and
+  sends one request per sentence (no look-ahead, no word timings).
+- `auto` (default): `handle` when Ray is initialised in this process and the Serve app has
+  engine deployments, otherwise `websocket` for `stream()` and HTTP for `synthesize()`.
 
-Both yield raw PCM s16le mono at `sample_rate` (24 kHz, OpenAI's pcm), and both feed the one
-function that turns chunks into frames, `push_pcm`, which hands bytes to livekit's
-`AudioEmitter` (it cuts them into frames and marks the last one final; TTS metrics - time to
-first byte, audio duration, characters - are computed by livekit from the frames it emits).
+`stream()` (one `SynthesizeStream` per agent turn) over `handle` or `websocket` is a `SpeechTurn`
+(agent/turns.py): tokens go in as they come, PCM comes out with word timings, which reach livekit
+as `TimedString`s (aligned transcripts); closing the stream mid-turn (an interruption) cancels
+the turn on the server, which stops the engines. `synthesize()` returns a `ChunkedStream` (one
+request for the text); its chunks go through `push_pcm` into livekit's `AudioEmitter`, which cuts
+frames and computes TTS metrics (time to first byte, audio duration, characters).
 
-`synthesize()` returns a `ChunkedStream` (one request for the text); `stream()` returns a
-`SynthesizeStream` that splits incoming LLM tokens into sentences and speaks each sentence as
-soon as it is complete, so speech starts before the LLM has finished its answer.
+Everything a stream or a request uses lives on the event loop that made it: a `ServeTTS` belongs
+to one job (one loop), and each turn opens its own socket.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from livekit.agents import (
     tts,
     utils,
 )
+from livekit.agents.types import TimedString
 
+from agent.turns import RealtimeTurn, RouterTurn, SpeechTurn, TurnWord
 from config.logging import truncate
 from config.settings import Settings
 
@@ -48,7 +55,9 @@ logger = logging.getLogger(__name__)
 SAMPLE_RATE = 24000
 NUM_CHANNELS = 1
 PROVIDER = "voice-tts-serve"
-# Deployment names each engine may have in the Serve app (serve_app/app.py names them).
+TRANSPORTS = ("auto", "handle", "websocket", "http")
+
+
 @dataclass
 class ServeTTSOptions:
     """Everything one synthesis request needs; `session_id` lets the server attribute usage."""
@@ -58,11 +67,14 @@ class ServeTTSOptions:
     language: str | None = None
     speed: float = 1.0
     sample_rate: int = SAMPLE_RATE
-    transport: str = "auto"  # auto | handle | http
+    transport: str = "auto"  # one of TRANSPORTS
     base_url: str = "http://127.0.0.1:8000"
     api_key: str | None = None
     app_name: str = "tts"
     session_id: str | None = None
+    instructions: str | None = None
+    # How long an interrupted turn waits for the server's `cancelled` before closing the socket.
+    cancel_timeout_s: float = 1.0
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> ServeTTSOptions:
@@ -73,6 +85,8 @@ class ServeTTSOptions:
             transport=settings.agent.tts_transport,
             base_url=settings.agent.api_base_url,
             api_key=settings.agent.api_key,
+            instructions=settings.agent.tts_instructions,
+            cancel_timeout_s=settings.agent.tts_cancel_timeout_s,
         )
         return replace(opts, **overrides)
 
@@ -233,7 +247,7 @@ async def push_pcm(
 
 
 class ServeTTS(tts.TTS):
-    """livekit TTS over the project's Serve app; streaming via sentence splitting."""
+    """livekit TTS over the project's Serve app; streaming turns with word timings (see module doc)."""
 
     def __init__(
         self,
@@ -248,8 +262,11 @@ class ServeTTS(tts.TTS):
 
             settings = settings or get_settings()
             opts = ServeTTSOptions.from_settings(settings)
+        if opts.transport not in TRANSPORTS:
+            raise ValueError(f"unknown ServeTTS transport '{opts.transport[:32]}' ({', '.join(TRANSPORTS)})")
         super().__init__(
-            capabilities=tts.TTSCapabilities(streaming=True),
+            # Word timings come with every streaming transport except plain HTTP.
+            capabilities=tts.TTSCapabilities(streaming=True, aligned_transcript=opts.transport != "http"),
             sample_rate=opts.sample_rate,
             num_channels=NUM_CHANNELS,
         )
@@ -273,11 +290,20 @@ class ServeTTS(tts.TTS):
 
     @property
     def transport(self) -> str | None:
-        """The transport in use (`handle` or `http`), None until the first request picks one."""
+        """The transport of `synthesize()` (`handle` or `http`), None until the first request picks one."""
         return None if self._source is None else self._source.name
 
+    @property
+    def stream_transport(self) -> str | None:
+        """The transport of `stream()` (`handle`, `websocket` or `http`), None until one is picked."""
+        if self._source is None:
+            return None
+        if isinstance(self._source, RouterSpeechSource):
+            return "handle"
+        return "http" if self._opts.transport == "http" else "websocket"
+
     def update_options(self, **changes: Any) -> None:
-        """Change voice, speed, language or session_id for later requests."""
+        """Change voice, speed, language, instructions or session_id for later requests."""
         self._opts = replace(self._opts, **changes)
 
     async def get_source(self) -> SpeechSource:
@@ -286,7 +312,7 @@ class ServeTTS(tts.TTS):
         async with self._source_lock:
             if self._source is None:
                 self._source = self._pick_source()
-                logger.info("ServeTTS transport: %s", self._source.name)
+                logger.info("ServeTTS transport: stream=%s synthesize=%s", self.stream_transport, self._source.name)
         return self._source
 
     def _pick_source(self) -> SpeechSource:
@@ -299,8 +325,32 @@ class ServeTTS(tts.TTS):
             except Exception as exc:
                 if mode == "handle":
                     raise APIConnectionError(f"no Serve handles: {str(exc)[:200]}") from exc
-                logger.warning("ServeTTS: handle transport unavailable (%s); using HTTP", type(exc).__name__)
+                logger.warning("ServeTTS: handle transport unavailable (%s); using the API", type(exc).__name__)
         return HttpSpeechSource(self._opts.base_url, self._opts.api_key)
+
+    async def open_turn(self, opts: ServeTTSOptions, timeout_s: float) -> SpeechTurn | None:
+        """A turn for `stream()` on the running loop: the router's (handle) or a new socket's
+        (websocket); None for plain HTTP (sentences are then sent one request each)."""
+        source = await self.get_source()
+        if isinstance(source, RouterSpeechSource):
+            from serve_app.router import SpeechRequest
+
+            request = SpeechRequest(
+                text="", voice=opts.voice, language=opts.language, speed=opts.speed,
+                sample_rate=opts.sample_rate, instructions=opts.instructions, timestamps=True,
+            )
+            return RouterTurn(source.router, request)
+        if self.stream_transport == "http":
+            return None
+        session: dict[str, Any] = {"voice": opts.voice, "model": opts.model, "sample_rate": opts.sample_rate,
+                                   "speed": opts.speed}
+        if opts.language:
+            session["language"] = opts.language
+        if opts.instructions:
+            session["instructions"] = opts.instructions
+        return await RealtimeTurn.connect(
+            opts.base_url, session, api_key=opts.api_key, timeout_s=timeout_s, cancel_timeout_s=opts.cancel_timeout_s
+        )
 
     def synthesize(
         self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
@@ -339,15 +389,22 @@ class ServeChunkedStream(tts.ChunkedStream):
 
 
 class ServeSynthesizeStream(tts.SynthesizeStream):
-    """Tokens in (from the LLM), sentences out: each complete sentence is spoken at once."""
+    """One agent turn: tokens in (from the LLM), audio and word timings out, one segment.
+
+    Over `handle`/`websocket` the turn is a `SpeechTurn` that pipelines sentences; when the stream
+    is closed before the turn ends (an interruption), the turn is cancelled on the server (bounded
+    wait for its acknowledgement) and its socket closed; the interruption raises nothing.
+    """
 
     def __init__(self, *, tts: ServeTTS, conn_options: APIConnectOptions) -> None:
         super().__init__(tts=tts, conn_options=conn_options)
         self._tts: ServeTTS = tts
         self._opts = tts.options
+        # After an interrupted turn: whether the server acknowledged the cancel (None: not cancelled).
+        self.cancel_acknowledged: bool | None = None
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
-        source = await self._tts.get_source()
+        turn = await self._tts.open_turn(self._opts, self._conn_options.timeout)
         output_emitter.initialize(
             request_id=utils.shortuuid(),
             sample_rate=self._opts.sample_rate,
@@ -356,6 +413,45 @@ class ServeSynthesizeStream(tts.SynthesizeStream):
             stream=True,
         )
         output_emitter.start_segment(segment_id=utils.shortuuid())
+        if turn is None:
+            await self._run_sentences(output_emitter, await self._tts.get_source())
+        else:
+            await self._run_turn(output_emitter, turn)
+        output_emitter.end_segment()
+
+    async def _run_turn(self, output_emitter: tts.AudioEmitter, turn: SpeechTurn) -> None:
+        async def send_input() -> None:
+            async for data in self._input_ch:
+                if isinstance(data, self._FlushSentinel):
+                    await turn.flush()
+                else:
+                    self._mark_started()  # time to first byte counts from the first text sent
+                    await turn.append(data)
+            await turn.finish()
+
+        async def receive() -> None:
+            async for event in turn.events():
+                if isinstance(event, TurnWord):
+                    output_emitter.push_timed_transcript(
+                        TimedString(event.word + " ", start_time=event.start_s, end_time=event.end_s)
+                    )
+                else:
+                    output_emitter.push(event)
+
+        tasks = [asyncio.create_task(send_input()), asyncio.create_task(receive())]
+        finished = False
+        try:
+            await asyncio.gather(*tasks)
+            finished = True
+        finally:
+            await utils.aio.cancel_and_wait(*tasks)
+            if not finished:  # interrupted or failed: stop the server's work for this turn
+                self.cancel_acknowledged = await turn.cancel()
+                logger.debug("servetts %s turn cancelled (acknowledged=%s)", turn.name, self.cancel_acknowledged)
+            await turn.aclose()
+
+    async def _run_sentences(self, output_emitter: tts.AudioEmitter, source: SpeechSource) -> None:
+        """Plain HTTP: sentences cut here, one request each, in order."""
         sentences = self._tts._tokenizer.stream()
 
         async def forward_input() -> None:
@@ -371,7 +467,7 @@ class ServeSynthesizeStream(tts.SynthesizeStream):
                 text = event.token.strip()
                 if not text:
                     continue
-                self._mark_started()  # time to first byte counts from the first text sent
+                self._mark_started()
                 await push_pcm(source, text, self._opts, output_emitter, self._conn_options.timeout)
                 output_emitter.flush()
 
@@ -381,4 +477,3 @@ class ServeSynthesizeStream(tts.SynthesizeStream):
         finally:
             await sentences.aclose()
             await utils.aio.cancel_and_wait(*tasks)
-        output_emitter.end_segment()

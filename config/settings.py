@@ -208,7 +208,7 @@ class AgentSettings(BaseSettings):
     api_key: str | None = None
     name: str = "voice-agent"
     tts_voice: str = "alloy"
-    tts_transport: str = Field("auto", pattern="^(auto|handle|http)$")
+    tts_transport: str = Field("auto", pattern="^(auto|handle|websocket|http)$")
     outbox_path: str = "./data/agent-outbox.jsonl"
     finalize_retries: int = Field(4, ge=0)
     finalize_backoff_s: float = Field(0.5, gt=0)
@@ -224,6 +224,8 @@ class AgentSettings(BaseSettings):
     )
     tts_model: str = "tts-1"
     tts_language: str | None = None
+    tts_instructions: str | None = Field(None, max_length=4096)
+    tts_cancel_timeout_s: float = Field(1.0, gt=0, le=30)
     api_timeout_s: float = Field(10.0, gt=0)
     finalize_max_backoff_s: float = Field(8.0, gt=0)
     outbox_replay_interval_s: float = Field(30.0, gt=0)
