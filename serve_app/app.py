@@ -41,6 +41,7 @@ def engine_deployment(spec: EngineSpec, own: EngineSettings) -> Any:
     options: dict[str, Any] = {
         "name": spec.deployment_name,
         "max_ongoing_requests": defaults.max_ongoing_requests,
+        "max_queued_requests": defaults.max_queued_requests,
         "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus},
     }
     from serve_app.deployments import EngineDeployment

@@ -22,7 +22,14 @@ from serve_app.router import compose_router_from_handles
 logger = logging.getLogger(__name__)
 
 
-@serve.deployment(name="Ingress")
+# Past its replicas' slots and a short queue, Serve's proxy refuses a request with 503 and
+# Retry-After before any audio (serve_config.yaml may size both).
+@serve.deployment(
+    name="Ingress",
+    max_ongoing_requests=200,
+    max_queued_requests=100,
+    backpressure_config={"status_code": 503, "retry_after_s": 1},
+)
 @serve.ingress()
 class Ingress:
     """One per ingress replica: the router over the engine deployments, and the HTTP app."""

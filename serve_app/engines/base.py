@@ -57,6 +57,11 @@ class Engine(abc.ABC):
     catalogue: Catalogue = Catalogue({})
     # True when `synthesize` takes `instructions: str | None` (keyword) and follows some of it.
     accepts_instructions: ClassVar[bool] = False
+    # True when a request can wait inside the engine behind others (a lock, a batch) before its work
+    # begins: such an engine yields `b""` once this request's work begins. For the others the host
+    # sends `b""` as soon as the replica has the request. Either way the router knows time before
+    # `b""` as queueing (busy, never a strike) and times out only the engine's own work after it.
+    queues_work: ClassVar[bool] = False
 
     @abc.abstractmethod
     def synthesize(

@@ -388,7 +388,7 @@ ENGINE = EngineSpec(
     voices=VOICES,
     speed_range=SPEED_RANGE,
     word_timing="exact",
-    deployment=DeploymentDefaults(num_cpus=0.1, max_ongoing_requests=64),
+    deployment=DeploymentDefaults(num_cpus=0.1, max_ongoing_requests=64, max_queued_requests=64),
     honours={
         "speed": "prosody rate (clamped to 0.5-2.0)",
         "language": "voice of that language",

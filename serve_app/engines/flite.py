@@ -113,12 +113,14 @@ _DONE = object()
 _WORD_START = b"R:SylStructure.daughter1.daughter1.R:Segment.p.end"
 _WORD_END = b"R:SylStructure.daughtern.daughtern.R:Segment.end"
 
-# What a backend streams: (sample rate, PCM) pieces, and word marks where it knows them.
-FlitePiece: TypeAlias = tuple[int, bytes] | WordMark
+# What a backend streams: `STARTED` when this text's synthesis begins (requests queue behind
+# libflite's lock), then (sample rate, PCM) pieces, and word marks where it knows them.
+STARTED = b""
+FlitePiece: TypeAlias = tuple[int, bytes] | WordMark | bytes
 
 
 class FliteBackend(Protocol):
-    """Synthesizes one text to a stream of (sample_rate, pcm bytes) pieces and word marks."""
+    """Synthesizes one text to `STARTED`, then (sample_rate, pcm bytes) pieces and word marks."""
 
     kind: str
 
@@ -195,9 +197,11 @@ class FliteLibrary:
         emit: Callable[[int, bytes], None],
         cancelled: threading.Event,
         emit_words: Callable[[list[WordMark]], None] | None = None,
+        emit_started: Callable[[], None] | None = None,
     ) -> None:
-        """Runs in a worker thread; `emit` is called from flite's callback for every piece, and
-        `emit_words` once, before the first piece, with the utterance's word timings."""
+        """Runs in a worker thread; `emit_started` is called once the lock is ours (queueing is
+        over), `emit` from flite's callback for every piece, and `emit_words` once, before the
+        first piece, with the utterance's word timings."""
         words_sent = emit_words is None
 
         def on_audio(wave_ptr: Any, start: int, size: int, _last: int, asi: Any) -> int:
@@ -221,6 +225,8 @@ class FliteLibrary:
         with self._lock:
             if cancelled.is_set():
                 return  # cancelled while queued behind another synthesis: do not start
+            if emit_started is not None:
+                emit_started()
             handle = self._voice(voice)
             features = handle.contents.features
             self._lib.feat_set_float(features, b"duration_stretch", 1.0 / speed)
@@ -249,10 +255,13 @@ class FliteLibrary:
         def emit_words(marks: list[WordMark]) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, marks)
 
+        def emit_started() -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, STARTED)
+
         async def run() -> None:
             try:
                 await asyncio.to_thread(
-                    self._synthesize_blocking, text, voice, speed, emit, cancelled, emit_words
+                    self._synthesize_blocking, text, voice, speed, emit, cancelled, emit_words, emit_started
                 )
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)
@@ -269,6 +278,9 @@ class FliteLibrary:
                 item = await queue.get()
                 if item is _DONE:
                     break
+                if isinstance(item, bytes):
+                    yield STARTED
+                    continue
                 if isinstance(item, list):  # the word timings, ahead of the audio they describe
                     for mark in item:
                         yield mark
@@ -307,6 +319,7 @@ class FliteBinary:
         ]
 
     async def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[FlitePiece]:
+        yield STARTED  # one process per request: nothing to queue behind
         proc = await asyncio.create_subprocess_exec(
             *self.argv(text, voice, speed),
             stdin=asyncio.subprocess.DEVNULL,
@@ -331,6 +344,7 @@ class FliteEngine(Engine):
 
     name = "flite"
     sample_rate = 16000
+    queues_work = True  # libflite is serialised per process: requests wait for its lock
 
     def __init__(
         self,
@@ -386,8 +400,8 @@ class FliteEngine(Engine):
         logger.debug("flite synthesize voice=%s chars=%d", chosen, len(text))
         resampler: StreamResampler | None = None
         async for piece in self._backend.stream(text, chosen, speed):
-            if isinstance(piece, WordMark):
-                yield piece  # seconds: the same at any sample rate
+            if isinstance(piece, WordMark | bytes):
+                yield piece  # word marks are seconds, the same at any rate; `STARTED` is the start
                 continue
             rate, pcm = piece
             if rate != self.sample_rate:

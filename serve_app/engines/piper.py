@@ -457,7 +457,7 @@ ENGINE = EngineSpec(
     word_timing="estimated",
     # One inference at a time per replica (PIPER_WORKERS=1, PIPER_THREADS=1); half a CPU so it fits
     # a 2-core machine next to the others (serve_config.yaml gives it a whole core on a cluster).
-    deployment=DeploymentDefaults(num_cpus=0.5, max_ongoing_requests=4),
+    deployment=DeploymentDefaults(num_cpus=0.5, max_ongoing_requests=4, max_queued_requests=8),
     honours={
         "speed": "length scale",
         "language": "voice of that language",

@@ -32,6 +32,9 @@ class DeploymentDefaults:
     num_gpus: float = 0.0
     # At least what one replica can hold: an engine that batches needs its batch plus its queue.
     max_ongoing_requests: int = 32
+    # Serve's queue in front of the replicas, per caller (each ingress replica, each agent): when it
+    # is full the caller gets Serve's back-pressure error at once, which the router takes as busy.
+    max_queued_requests: int = 32
 
 
 class EngineSettings(BaseSettings):

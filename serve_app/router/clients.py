@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
-from serve_app.core.errors import EngineUnavailable
+from ray.serve.exceptions import BackPressureError
+
+from serve_app.core.errors import EngineBusy, EngineUnavailable
 from serve_app.core.timing import WordMark
 from serve_app.core.voices import Voice
 from serve_app.engines.base import Engine, EngineCheck
@@ -19,7 +21,11 @@ from serve_app.engines.base import Engine, EngineCheck
 
 @runtime_checkable
 class EngineClient(Protocol):
+    """`reports_start`: the stream yields `b""` when the request's work begins (after any queue), so
+    a timeout before it is queueing (busy), not a broken engine."""
+
     name: str
+    reports_start: bool
 
     def stream(
         self, text: str, voice: str | None, *, language: str | None, speed: float, instructions: str | None = None
@@ -43,6 +49,7 @@ class LocalEngineClient:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.name = engine.name
+        self.reports_start = engine.queues_work  # no host here: only queueing engines mark the start
 
     @property
     def deployed(self) -> bool:
@@ -70,6 +77,8 @@ class LocalEngineClient:
 class HandleEngineClient:
     """An engine deployment behind a Serve `DeploymentHandle` (see `serve_app.deployments`)."""
 
+    reports_start = True  # the host marks the start of every request (see serve_app.deployments)
+
     def __init__(self, name: str, handle: Any) -> None:
         self.name = name
         self._handle = handle
@@ -93,8 +102,12 @@ class HandleEngineClient:
         generator = self._streaming.synthesize.remote(text, voice, language, speed, **extra)
         finished = False
         try:
-            async for chunk in generator:
-                yield chunk
+            try:
+                async for chunk in generator:
+                    yield chunk
+            except BackPressureError as exc:
+                # Serve's queue for this engine is full: busy, not broken (never a strike).
+                raise EngineBusy(f"{self.name}: Serve's queue for this engine is full ({exc})") from None
             finished = True
         finally:
             if not finished:
@@ -120,6 +133,8 @@ class HandleEngineClient:
 
 class UnavailableEngineClient:
     """An engine that is configured in the chain but not deployed here, with the reason."""
+
+    reports_start = False
 
     def __init__(self, name: str, reason: str) -> None:
         self.name = name

@@ -90,6 +90,10 @@ logger = logging.getLogger(__name__)
 
 # A word counts as heard when the audio read reaches its end, give or take this much.
 _HEARD_SLACK_S = 0.005
+# How often a sentence waiting for capacity looks again: after a busy answer from an engine's (or
+# Serve's) queue, which frees no slot of ours to wake it; and at most, in case a wake-up is missed.
+_BUSY_POLL_S = 0.1
+_OWED_POLL_S = 1.0
 
 
 @dataclass
@@ -260,6 +264,7 @@ class FallbackRouter:
             limits = self.config.limits_for(name)
             self._slots[name] = EngineSlot(name, clients[name], breaker, Limiter(limits.concurrency), limits)
         self._capacity = CapacitySignal()
+        self._owed = 0  # sentences of admitted requests waiting for capacity (see `_acquire_next`)
         self._recovery = Recovery(self._slots, self._probe_attempt)
         for name in chain:
             client = clients[name]
@@ -448,27 +453,32 @@ class FallbackRouter:
     ) -> None:
         """Speak one sentence with the first engine that can; the result lands in `job`."""
         errors: list[str] = []
-        busy_answers: list[str] = []
+        busy_again: set[str] = set()  # engines that answered busy: tried again once capacity may be back
         tried: set[str] = set()
         busy_noted: set[str] = set()
         previous: tuple[str, str] | None = None
         queue_deadline: float | None = None
+        owed = job.index > 0  # the request is admitted: its later sentences wait, never fail, when busy
         loop = asyncio.get_running_loop()
         try:
             job.spoken = await self._spoken(job, request)
             while True:
-                name, busy = self._acquire_next(request, state, tried, busy_noted)
+                name, full = self._acquire_next(request, state, tried, busy_noted, defer=not owed and self._owed > 0)
                 if name is None:
-                    if not busy:
-                        break
-                    queue_deadline = queue_deadline or loop.time() + self.config.ttfb_timeout_s
-                    remaining = queue_deadline - loop.time()
-                    if remaining <= 0:
-                        raise EnginesBusy(
-                            f"every engine is at its concurrency limit (sentence {job.index + 1}{_of(total)})",
-                            retry_after_s=1.0,
-                        )
-                    await self._capacity.wait(remaining)
+                    if not (full or busy_again):
+                        break  # every engine failed this sentence (or none is deployed)
+                    remaining: float | None = None
+                    if not owed:
+                        queue_deadline = queue_deadline or loop.time() + self.config.ttfb_timeout_s
+                        remaining = queue_deadline - loop.time()
+                        if remaining <= 0:
+                            raise EnginesBusy(
+                                f"every engine is at capacity (sentence {job.index + 1}{_of(total)})",
+                                retry_after_s=1.0,
+                            )
+                    await self._wait_for_capacity(remaining, owed=owed, poll=bool(busy_again))
+                    tried -= busy_again
+                    busy_again.clear()
                     continue
                 if previous is not None:
                     self.metrics.fallback(previous[0], name, previous[1])
@@ -482,9 +492,10 @@ class FallbackRouter:
                 except (InvalidInput, asyncio.CancelledError):
                     raise
                 except EngineBusy:
-                    # Full, not broken: the next engine takes the sentence, and no strike is counted.
+                    # Full, not broken: the next engine takes the sentence, and no strike is counted;
+                    # this one is tried again when every engine was busy.
                     job.restart()
-                    busy_answers.append(name)
+                    busy_again.add(name)
                     continue
                 except Exception as exc:
                     heard, complete = job.restart()
@@ -511,12 +522,7 @@ class FallbackRouter:
                     logger.info("sentence %d%s spoken by %s after fallback", job.index + 1, _of(total), name)
                 job.finish()
                 return
-            if busy_answers and not errors:
-                names = ", ".join(busy_answers)
-                message = f"every engine is busy (sentence {job.index + 1}{_of(total)}: {names})"
-                job.finish(EnginesBusy(message, retry_after_s=1.0))
-                return
-            detail = "; ".join(errors + [f"{n}: busy" for n in busy_answers]) or "no engine available"
+            detail = "; ".join(errors) or "no engine available"
             logger.warning("no engine could speak sentence %d%s: %s", job.index + 1, _of(total), detail[:500])
             message = f"no engine could speak sentence {job.index + 1}{_of(total)}: {detail}"
             job.finish(AllEnginesFailed(message, retry_after_s=self._retry_after()))
@@ -537,9 +543,15 @@ class FallbackRouter:
         return fresh + failed_here + last_resort
 
     def _acquire_next(
-        self, request: SpeechRequest, state: _RequestState, tried: set[str], busy_noted: set[str]
+        self, request: SpeechRequest, state: _RequestState, tried: set[str], busy_noted: set[str], *, defer: bool
     ) -> tuple[str | None, bool]:
-        """First untried engine with a free slot (slot taken); else (None, whether one was only busy)."""
+        """First untried engine with a free slot (slot taken); else (None, whether one was only full).
+
+        `defer`: a new request's first sentence while sentences of admitted requests wait: those go
+        first (they are owed to listeners already hearing their answer), so it is full everywhere.
+        """
+        if defer:
+            return None, True
         busy = False
         for name in self._order(request, state):
             if name in tried:
@@ -559,6 +571,21 @@ class FallbackRouter:
     def _release(self, slot: EngineSlot) -> None:
         slot.limiter.release()
         self._capacity.notify()
+
+    async def _wait_for_capacity(self, timeout: float | None, *, owed: bool, poll: bool) -> None:
+        """Wait for a released slot, at most `timeout` (None: the request has no deadline here).
+
+        `poll`: an engine answered busy from its own or Serve's queue, which releases no slot of
+        ours, so look again soon. `owed` sentences are counted while they wait (see `defer`).
+        """
+        wait = _OWED_POLL_S if timeout is None else timeout
+        if poll:
+            wait = min(wait, _BUSY_POLL_S)
+        self._owed += owed
+        try:
+            await self._capacity.wait(wait)
+        finally:
+            self._owed -= owed
 
     async def _attempt(
         self,
@@ -601,6 +628,9 @@ class FallbackRouter:
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
+                    if produced == 0 and slot.client.reports_start and not started:
+                        # Still in a queue (Serve's or the engine's): busy, not broken.
+                        raise EngineBusy(f"still queued after {limits.ttfb_timeout_s:.1f}s") from None
                     if produced == 0:
                         raise FirstByteTimeout(f"no audio within {limits.ttfb_timeout_s:.1f}s") from None
                     raise StallTimeout(f"audio stalled for {limits.stall_timeout_s:.1f}s") from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from serve_app.core.audio import pcm_duration, rms_level
@@ -61,11 +63,30 @@ def test_binary_argv_keeps_text_as_one_argument() -> None:
 async def test_abandoning_a_stream_does_not_wedge_the_engine() -> None:
     engine = FliteEngine(backend="library")
     stream = engine.synthesize(LONG * 3)
+    started = await stream.__anext__()
+    assert started == b""  # the synthesis holds libflite's lock: its work has begun
     first = await stream.__anext__()
     assert first  # a word mark (they come first) or audio
     await stream.aclose()
     again = b"".join(await collect(engine, "Still working."))
     assert len(again) > 0
+
+
+async def test_a_request_queued_behind_another_says_when_its_work_begins() -> None:
+    """The start marker comes when libflite's lock is this request's, not when it was asked: the
+    router counts time before it as queueing (busy), not as the engine's time to first byte."""
+    engine = FliteEngine(backend="library")
+    first = engine.synthesize(LONG * 4)
+    assert await first.__anext__() == b""  # holds the lock now
+    second = engine.synthesize("Queued behind the first one.")
+    waiting = asyncio.ensure_future(second.__anext__())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # no start marker while the first synthesis holds the lock
+    rest = [chunk async for chunk in first]
+    assert any(isinstance(c, bytes) and c for c in rest)
+    assert await asyncio.wait_for(waiting, 10) == b""
+    audio = [chunk async for chunk in second if isinstance(chunk, bytes)]
+    assert b"".join(audio)
 
 
 async def test_missing_flite_is_reported_not_raised() -> None:

@@ -402,3 +402,68 @@ def test_router_config_reads_per_engine_settings(monkeypatch: pytest.MonkeyPatch
     assert config.limits_for("flite").ttfb_timeout_s == config.ttfb_timeout_s
     # The speed range each engine declares is what the router checks requests against.
     assert config.speed_ranges == {name: spec.speed_range for name, spec in registry.specs().items()}
+
+
+class QueueingFaultyEngine(FaultyEngine):
+    """A fault engine that queues work itself: it says `b""` when a request's work begins."""
+
+    queues_work = True
+
+
+async def test_time_queued_before_the_start_marker_is_busy_not_a_strike() -> None:
+    rig = Rig()
+    clients = {name: LocalEngineClient(FaultyEngine(name, rig.controls[name])) for name in CHAIN}
+    clients["zonos"] = LocalEngineClient(QueueingFaultyEngine("zonos", rig.controls["zonos"]))
+    router = FallbackRouter(clients, rig.router.config)
+    try:
+        rig.plan("zonos", queued_s=1.0)  # longer than the 0.3 s first-byte budget, still queued
+        pcm, engines = await router.speak(SpeechRequest("Queued too long.", sample_rate=SAMPLE_RATE, normalize=False))
+        assert engines == ["edge"] and [r.code for r in decode_runs(pcm)] == [1]
+        breaker = router.breaker("zonos")
+        assert breaker.state is BreakerState.CLOSED and breaker.total_strikes == 0
+        status = {e["name"]: e for e in await router.engines_status()}
+        assert status["zonos"]["busy_skips"] == 1 and status["zonos"]["failures"] == 0
+    finally:
+        await router.aclose()
+        await rig.router.aclose()
+
+
+async def test_an_admitted_answer_waits_for_capacity_and_a_new_one_is_refused_before_its_first_byte() -> None:
+    # One slot; every sentence takes ~0.45 s, longer than the 0.3 s queueing budget, so the third
+    # sentence of the first answer waits ~0.9 s for the slot. It must wait (its listener is
+    # already hearing the answer), while a new request is refused before any audio.
+    control = LocalControl(FaultPlan(chunk_delay_s=0.15))
+    router = FallbackRouter(
+        {"flite": LocalEngineClient(FaultyEngine("flite", control))},
+        RouterConfig(chain=("flite",), engine_concurrency=1, ttfb_timeout_s=0.3, stall_timeout_s=1.0),
+    )
+    first_text = "One apple. Two pears. Three plums."
+    try:
+        admitted = asyncio.create_task(
+            router.speak(SpeechRequest(first_text, sample_rate=SAMPLE_RATE, normalize=False))
+        )
+        await eventually(lambda: control.calls() >= 1)
+        late = router.synthesize(SpeechRequest("Late comer.", sample_rate=SAMPLE_RATE, normalize=False))
+        heard: list[bytes] = []
+        with pytest.raises(EnginesBusy) as info:
+            async for chunk in late:
+                heard.append(chunk.pcm)
+        assert heard == [] and info.value.status == 503 and info.value.retry_after_s
+        pcm, engines = await admitted
+        assert_complete(decode_runs(pcm), first_text)
+        assert engines == ["flite"]
+        assert router.breaker("flite").total_strikes == 0
+    finally:
+        await router.aclose()
+
+
+async def test_busy_answers_to_a_later_sentence_are_retried_until_it_is_spoken(rig: Rig) -> None:
+    # The pinned engine's queue is full for "Two" for longer than the queueing budget; the
+    # answer already started, so the sentence waits and is spoken, never cut.
+    rig.plan("flite", mode="busy", fail_text="Two", recover_after_s=0.8)
+    text = "One apple. Two pears. Three plums."
+    runs = await rig.speak(text, engine="flite")
+    assert_complete(runs, text)
+    assert {r.code for r in runs} == {2}
+    assert rig.router.breaker("flite").total_strikes == 0
+    assert rig.controls["flite"].calls() >= 4  # "Two" was refused at least once, then spoken
