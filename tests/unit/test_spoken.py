@@ -1,16 +1,15 @@
 """Spoken-form text on the real NeMo grammars (serve_app.core.spoken).
 
 One normaliser for the whole session, loaded from the compiled cache: `make` builds the cache in
-the install step; when it is missing the fixture compiles it once (about 40-60 s on 2 cores).
+the install step; when it is missing the `normalizer` fixture (tests/unit/conftest.py) compiles it once
+(about 40-60 s on 2 cores).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,21 +22,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _cache_dir() -> Path:
     return Path(os.environ.get(spoken.CACHE_DIR_ENV) or REPO / "data" / "tn-cache")
-
-
-@pytest.fixture(scope="session")
-def normalizer() -> Iterator[SpokenNormalizer]:
-    if importlib.util.find_spec("nemo_text_processing") is None:
-        # Must run in CI: there a missing library fails instead of skipping.
-        message = "nemo_text_processing is not installed; run `make install-test`"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
-    spoken.configure(_cache_dir())
-    shared = spoken.get_normalizer("en")
-    assert shared is not None
-    shared.load()  # builds the cache in a child process if missing, then loads it
-    yield shared
 
 
 def _spoken(text: str) -> str:
