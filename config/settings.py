@@ -114,6 +114,13 @@ class RouterSettings(BaseSettings):
     max_strikes: int = Field(3, ge=1, le=100)
     breaker_cooldown_s: float = Field(5.0, gt=0)
     breaker_max_cooldown_s: float = Field(120.0, gt=0)
+    # One breaker per engine for the whole cluster (a named Ray actor every router follows), so all
+    # ingress replicas and agent conversations skip a dead engine after max_strikes failures in total.
+    breaker_shared: bool = True
+    # How long a router may take over the one probe of an engine before another may probe it.
+    breaker_probe_lease_s: float = Field(30.0, gt=0)
+    # Consecutive engine errors after which a replica fails its health check (Serve replaces it); 0: never.
+    replica_max_failures: int = Field(5, ge=0)
     probe_text: str = "Probe."
     ttfb_timeout_s: float = Field(8.0, gt=0)
     stall_timeout_s: float = Field(8.0, gt=0)
