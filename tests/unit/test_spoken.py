@@ -220,3 +220,25 @@ def test_load_waits_for_a_background_start(normalizer: SpokenNormalizer) -> None
 def test_build_runs_in_a_child_process(normalizer: SpokenNormalizer) -> None:
     """The serving process never compiles: the build is `python -m serve_app.core.spoken --build-cache`."""
     SpokenNormalizer(_cache_dir())._build_in_child()  # cache present: the child returns at once
+
+
+def test_window_memo_gives_the_same_words_and_stays_bounded(normalizer: SpokenNormalizer) -> None:
+    small = SpokenNormalizer(_cache_dir(), memo_size=2)
+    small.load()
+    texts = [f"Your order {n} ships on the {n}th." for n in range(3, 8)]
+    first = [small.normalize(t) for t in texts]
+    assert len(small._memo) == 2  # oldest windows evicted
+    assert [small.normalize(t) for t in texts] == first  # memoised or recomputed, the same words
+    assert first == [normalizer._backend.normalize(t, punct_post_process=True) for t in texts]  # type: ignore[union-attr]
+    off = SpokenNormalizer(_cache_dir(), memo_size=0)
+    off.load()
+    assert off.normalize(texts[0]) == first[0] and not off._memo
+
+
+def test_loading_warms_every_class_once(normalizer: SpokenNormalizer) -> None:
+    """The warm-up sentence must itself normalise (else the warm-up silently did nothing)."""
+    backend = normalizer._backend
+    assert backend is not None
+    out = backend.normalize(spoken._WARM_UP_TEXT, punct_post_process=True)
+    for written in ("$", "%", "2024", "3:30", "555", "@", "www."):
+        assert written not in out
