@@ -162,6 +162,21 @@ class CircuitBreaker:
         self.last_error = reason or self.last_error
         self._open()
 
+    def adopt(
+        self, state: BreakerState, strikes: int, cooldown_s: float, cooldown_left_s: float, last_error: str | None
+    ) -> None:
+        """Take a verdict reached elsewhere (the cluster's breaker board): this breaker becomes its cache.
+
+        The hot path keeps reading this object; only the board decides while it is reachable. An
+        open breaker gets the board's cooldown and what is left of it, on this breaker's clock.
+        """
+        self.strikes = strikes
+        self.last_error = last_error
+        if state is BreakerState.OPEN:
+            self._cooldown = cooldown_s
+            self._opened_at = self._clock() - max(0.0, cooldown_s - cooldown_left_s)
+        self._set(state)
+
     def force_open(self, reason: str) -> None:
         """Open without strikes (engine not deployed or reported unavailable by its dependency check)."""
         self.last_error = reason

@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 from ray.serve.exceptions import BackPressureError
 
 from serve_app.core.errors import EngineBusy, EngineUnavailable
+from serve_app.core.replica import ReplicaTag
 from serve_app.core.timing import WordMark
 from serve_app.core.voices import Voice
 from serve_app.engines.base import Engine, EngineCheck
@@ -29,8 +30,9 @@ class EngineClient(Protocol):
 
     def stream(
         self, text: str, voice: str | None, *, language: str | None, speed: float, instructions: str | None = None
-    ) -> AsyncIterator[bytes | WordMark]:
-        """PCM s16le mono chunks at `sample_rate()`, with the engine's word marks where it has them."""
+    ) -> AsyncIterator[bytes | WordMark | ReplicaTag]:
+        """PCM s16le mono chunks at `sample_rate()`, with the engine's word marks where it has them
+        (and, from a Serve replica, a `ReplicaTag` first: which replica serves the request)."""
         ...
 
     async def sample_rate(self) -> int: ...
@@ -96,9 +98,10 @@ class HandleEngineClient:
 
     async def stream(
         self, text: str, voice: str | None, *, language: str | None, speed: float, instructions: str | None = None
-    ) -> AsyncIterator[bytes | WordMark]:
+    ) -> AsyncIterator[bytes | WordMark | ReplicaTag]:
         # Instructions travel only when given: the host passes them to engines that accept them.
-        extra = {"instructions": instructions} if instructions is not None else {}
+        extra: dict[str, Any] = {"instructions": instructions} if instructions is not None else {}
+        extra["tag_replica"] = True  # the replica names itself first: strikes say which one failed
         generator = self._streaming.synthesize.remote(text, voice, language, speed, **extra)
         finished = False
         try:

@@ -74,6 +74,7 @@ from serve_app.core.errors import (
     UnknownEngine,
     reason_of,
 )
+from serve_app.core.replica import ReplicaTag
 from serve_app.core.spoken import to_spoken
 from serve_app.core.style import parse_instructions
 from serve_app.core.text import normalize, split_sentences
@@ -83,6 +84,7 @@ from serve_app.metrics import RouterMetrics
 from serve_app.router.admission import CapacitySignal, Limiter
 from serve_app.router.clients import EngineClient
 from serve_app.router.recovery import Recovery
+from serve_app.router.shared import BreakerSharing, LocalOnly
 from serve_app.router.status import EngineSlot, engine_status
 from serve_app.router.types import AudioChunk, RouterConfig, SpeechRequest
 
@@ -250,7 +252,9 @@ class FallbackRouter:
         config: RouterConfig | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        shared: BreakerSharing | None = None,
     ) -> None:
+        """`shared`: links the breakers to the cluster's (`serve_app.router.shared`); None: own only."""
         self.config = config or RouterConfig()
         chain = [name for name in self.config.chain if name in clients] if self.config.chain else list(clients)
         if not chain:
@@ -265,7 +269,9 @@ class FallbackRouter:
             self._slots[name] = EngineSlot(name, clients[name], breaker, Limiter(limits.concurrency), limits)
         self._capacity = CapacitySignal()
         self._owed = 0  # sentences of admitted requests waiting for capacity (see `_acquire_next`)
-        self._recovery = Recovery(self._slots, self._probe_attempt)
+        self._shared: BreakerSharing = shared or LocalOnly()
+        self._shared.attach({n: s.breaker for n, s in self._slots.items() if s.client.deployed})
+        self._recovery = Recovery(self._slots, self._probe_attempt, self._shared)
         for name in chain:
             client = clients[name]
             if not client.deployed:
@@ -324,7 +330,10 @@ class FallbackRouter:
         self.start()
         slots = [self._slots[name] for name in self.chain]
         checks = await asyncio.gather(*(self._check(slot) for slot in slots))
-        return [engine_status(slot, check) for slot, check in zip(slots, checks, strict=True)]
+        return [
+            engine_status(slot, check, self._shared.shared, self._shared.view(slot.name))
+            for slot, check in zip(slots, checks, strict=True)
+        ]
 
     async def voices(self) -> list[dict[str, Any]]:
         """Voices of every deployed engine; an engine that does not answer in time is left out."""
@@ -348,10 +357,12 @@ class FallbackRouter:
     def start(self) -> None:
         """Start the background probe loop on the running loop (idempotent; no-op without a loop)."""
         self._recovery.start()
+        self._shared.start()
 
     async def aclose(self) -> None:
         """Stop the probe loop and any probe in flight."""
         await self._recovery.aclose()
+        await self._shared.aclose()
 
     def _speed_range(self, engine: str | None) -> tuple[float, float]:
         """The speeds every engine the request may reach accepts (so a fallback never refuses it)."""
@@ -610,7 +621,8 @@ class FallbackRouter:
             slot.requests += 1
         produced = 0
         started = False  # the engine said it began this request (left its queue)
-        iterator: AsyncIterator[bytes | WordMark] | None = None
+        replica: str | None = None  # which replica serves it, when the host says (`ReplicaTag`)
+        iterator: AsyncIterator[bytes | WordMark | ReplicaTag] | None = None
         try:
             try:
                 rate = await asyncio.wait_for(slot.client.sample_rate(), max(0.0, deadline - loop.time()))
@@ -634,6 +646,9 @@ class FallbackRouter:
                     if produced == 0:
                         raise FirstByteTimeout(f"no audio within {limits.ttfb_timeout_s:.1f}s") from None
                     raise StallTimeout(f"audio stalled for {limits.stall_timeout_s:.1f}s") from None
+                if isinstance(item, ReplicaTag):
+                    replica = item.replica
+                    continue
                 if isinstance(item, WordMark):
                     if on_mark is not None:
                         on_mark(item)
@@ -676,8 +691,10 @@ class FallbackRouter:
             slot.failures += 1
             self.metrics.outcome(name, _outcome(exc))
             opened = breaker.record_strike(reason_of(exc), started_at)
+            self._shared.strike(name, reason_of(exc), started_at, replica)
             logger.warning(
-                "engine %s strike %d/%d: %s", name, breaker.strikes, breaker.config.max_strikes, reason_of(exc)
+                "engine %s strike %d/%d%s: %s", name, breaker.strikes, breaker.config.max_strikes,
+                f" (replica {replica})" if replica else "", reason_of(exc),
             )
             if opened:
                 logger.warning("engine %s breaker open for %.1fs", name, breaker.current_cooldown)
@@ -688,6 +705,7 @@ class FallbackRouter:
             else:
                 self.metrics.outcome(name, "ok")
                 breaker.record_success(started_at)
+                self._shared.success(name, started_at)
         finally:
             if not probe:
                 self._release(slot)

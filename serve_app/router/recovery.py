@@ -2,7 +2,9 @@
 
 A background task owned by the router (started lazily on the running loop, stopped by `aclose()`)
 wakes when a cooldown ends and sends one short fixed phrase to the engine, never a user's text.
-Success closes the breaker; failure reopens it with a doubled cooldown.
+Success closes the breaker; failure reopens it with a doubled cooldown. With breakers shared across
+the cluster (`serve_app.router.shared`), the probe first takes the board's lease: only one router
+probes an engine at a time, the others learn its verdict from the board.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from serve_app.core.breaker import BreakerState
 from serve_app.core.errors import reason_of
+from serve_app.router.shared import BreakerSharing, LocalOnly
 from serve_app.router.status import EngineSlot
 
 logger = logging.getLogger(__name__)
@@ -26,9 +29,12 @@ ProbeAttempt = Callable[[str], Awaitable[int]]
 class Recovery:
     """The probe loop over every open breaker of one router."""
 
-    def __init__(self, slots: Mapping[str, EngineSlot], attempt: ProbeAttempt) -> None:
+    def __init__(
+        self, slots: Mapping[str, EngineSlot], attempt: ProbeAttempt, sharing: BreakerSharing | None = None
+    ) -> None:
         self._slots = slots
         self._attempt = attempt
+        self._sharing: BreakerSharing = sharing or LocalOnly()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._probes: dict[str, asyncio.Task[None]] = {}
@@ -82,8 +88,11 @@ class Recovery:
         self._wake.set()
 
     async def _probe(self, name: str) -> None:
-        """One probe; its verdict closes or reopens the breaker."""
+        """One probe; its verdict closes or reopens the breaker (here and, when shared, everywhere)."""
         breaker = self._slots[name].breaker
+        if not await self._sharing.acquire_probe(name):
+            logger.debug("engine %s is probed by another router; waiting for its verdict", name)
+            return  # the board's answer has set this breaker to what the cluster knows
         ok = False
         reason: str | None = None
         heard = 0
@@ -97,6 +106,7 @@ class Recovery:
             reason = reason_of(exc)
         finally:
             breaker.end_probe(ok, reason)
+            self._sharing.end_probe(name, ok, reason)
             if ok:
                 logger.info("engine %s recovered: probe spoke %d bytes; breaker closed", name, heard)
             else:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serve_app.core.breaker import CircuitBreaker
+from serve_app.core.breaker_board import SharedView
 from serve_app.engines.base import EngineCheck
 from serve_app.router.admission import Limiter
 from serve_app.router.clients import EngineClient
@@ -41,8 +42,13 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value * 1000, 2)
 
 
-def engine_status(slot: EngineSlot, check: EngineCheck) -> dict[str, Any]:
+def engine_status(
+    slot: EngineSlot, check: EngineCheck, shared: bool = False, cluster: SharedView | None = None
+) -> dict[str, Any]:
+    """`shared`: the breaker follows the cluster's board; `cluster`: the board's record as last seen
+    (strikes from every router, the last replica that failed, who is probing), None until synced."""
     breaker = slot.breaker
+    snapshot = {**breaker.snapshot(), "shared": shared, "cluster": cluster.to_dict() if cluster else None}
     return {
         "name": slot.name,
         "available": slot.client.deployed and check.available and breaker.allows_traffic(),
@@ -53,7 +59,7 @@ def engine_status(slot: EngineSlot, check: EngineCheck) -> dict[str, Any]:
         "cooldown_left_s": round(breaker.cooldown_left, 3),
         "reason": check.reason,
         "check": check.to_dict(),
-        "breaker": breaker.snapshot(),
+        "breaker": snapshot,
         "requests": slot.requests,
         "failures": slot.failures,
         "busy_skips": slot.busy_skips,
