@@ -137,14 +137,29 @@ def speaker_model(device: str = "cpu", width: int = 8, seed: int = 0) -> Any:
     return lda.to(device).requires_grad_(False).eval()
 
 
-def small_engine(**engine_kwargs: Any) -> Any:
+def cloning_model(size: str = "small", device: str = "cpu") -> Any:
+    """`build_model` with upstream's speaker network (`speaker_model`), so clones embed without the hub."""
+    model = build_model(size, device)
+    model.spk_clone_model = speaker_model(device)
+    return model
+
+
+def small_engine(*, stored_voices: bool = False, **engine_kwargs: Any) -> Any:
     """A `ZonosEngine` (CPU) on the small random-weight model: the engine factory for Serve tests.
 
-    Module-level so that `functools.partial(small_engine, ...)` pickles by reference to a replica.
+    `stored_voices`: clone from the voice store the replica's settings name (VOICES_BACKEND, as the
+    real deployment builds it), with the speaker network in the model. Module-level so that
+    `functools.partial(small_engine, ...)` pickles by reference to a replica.
     """
     from serve_app.engines.zonos import ZonosEngine
 
     options: dict[str, Any] = {"device": "cpu", "stop_at_eos": False}
     options.update(engine_kwargs)
+    if stored_voices:
+        from config.settings import get_settings
+        from serve_app.voice_store.factory import build_voice_store
+
+        options.setdefault("voice_store", build_voice_store(get_settings()))
+        options.setdefault("model_factory", functools.partial(cloning_model, "small", options["device"]))
     options.setdefault("model_factory", functools.partial(build_model, "small", options["device"]))
     return ZonosEngine(**options)

@@ -128,7 +128,6 @@ def device_name(device: str) -> str:
 async def measure(model: Any, args: argparse.Namespace, batch: int) -> dict[str, Any]:
     common: dict[str, Any] = {
         "device": args.device,
-        "voices_dir": str(args.report or Path("/tmp")) + "/voices",
         "model": model,
         "max_batch_size": batch,
         "batch_wait_s": 5.0,  # all rows are submitted at once; the batch leaves when full

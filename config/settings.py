@@ -13,9 +13,18 @@ from __future__ import annotations
 import functools
 import os
 from enum import StrEnum
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -152,12 +161,34 @@ class RouterSettings(BaseSettings):
 
 
 class VoiceSettings(BaseSettings):
-    """`VOICES_*`: registered voice clones (reference clips): where they are kept, how many at most."""
+    """`VOICES_*`: registered voice clones (reference clips): where they are kept, how many at most.
+
+    VOICES_BACKEND picks the store every replica reads: `database` (default: the sessions database,
+    DATABASE_URL), `s3` (an S3-compatible bucket, VOICES_S3_*), or `directory` (VOICES_DIR, for one
+    node or a volume every node mounts).
+    """
 
     model_config = settings_config(env_prefix="VOICES_")
 
+    backend: Literal["database", "s3", "directory"] = "database"
     dir: str = "./data/voices"
     max: int = Field(1000, ge=1)
+    # How long a replica trusts that a voice it has seen still exists: the bound on a deleted voice
+    # still being spoken by another replica.
+    check_interval_s: float = Field(2.0, ge=0)
+    s3_endpoint_url: str | None = None
+    s3_bucket: str | None = None
+    s3_prefix: str = "voices/"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_timeout_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _s3_bucket(self) -> VoiceSettings:
+        if self.backend == "s3" and not self.s3_bucket:
+            raise ValueError("VOICES_S3_BUCKET is required when VOICES_BACKEND=s3")
+        return self
 
 
 class DatabaseSettings(BaseSettings):

@@ -60,6 +60,8 @@ def get_drain(state: StateDep) -> ReplicaDrain:
 
 
 def get_voice_store(state: StateDep) -> VoiceStore:
+    if state.voices is None:
+        raise ServiceUnavailable("service is starting", code="not_ready", retry_after_s=1.0)
     return state.voices
 
 

@@ -29,7 +29,7 @@ from serve_app.api.errors import error_body
 from serve_app.core.audio import StreamEncoder
 from serve_app.core.errors import AllEnginesFailed, Draining, InvalidInput, ServiceError, ServiceUnavailable
 from serve_app.core.timing import WordMark
-from serve_app.core.voices import OPENAI_VOICES
+from serve_app.core.voices import OPENAI_VOICES, is_clone_id
 from serve_app.db.lifecycle import UsageRecorder
 from serve_app.drain.coordinator import RETRY_AFTER_S
 from serve_app.engines import registry
@@ -116,12 +116,14 @@ class SpeechBody(BaseModel):
 
 
 async def voice_exists(voice: str, tts: FallbackRouter, store: VoiceStore) -> bool:
-    """OpenAI names, catalogued voices and clones answer at once; otherwise ask the engines, which
-    may offer voices found at run time (a directory of extra voices)."""
+    """OpenAI names and catalogued voices answer at once, clones from the voice store; otherwise ask
+    the engines, which may offer voices found at run time (a directory of extra voices)."""
     if not voice or len(voice) > 128:
         return False
-    if registry.catalogue().is_known_voice(voice, store.ids()):
+    if registry.catalogue().is_known_voice(voice):
         return True
+    if is_clone_id(voice):
+        return await store.exists(voice)  # every replica asks the shared store (briefly cached)
     return any(v["id"].lower() == voice.lower() for v in await tts.voices())
 
 
@@ -307,7 +309,7 @@ async def list_voices(tts: RouterDep, store: VoiceStoreDep) -> dict[str, Any]:
         {"id": name, "engine": "any", "name": name, "gender": gender, "maps_to": maps_to[name]}
         for name, gender in OPENAI_VOICES.items()
     ]
-    cloned = [{**v.to_dict(), "cloned": True} for v in store.list()]
+    cloned = [{**v.to_dict(), "cloned": True} for v in await store.list()]
     return {"object": "list", "data": openai + voices + cloned}
 
 

@@ -2,14 +2,14 @@
 
 A client uploads a reference clip (multipart field `file`, optional `name`); it is size-limited
 (MAX_UPLOAD_BYTES, also enforced on the raw body by the ingress), decoded with PyAV to prove it is
-audio, bounded in duration, and stored (`serve_app.voice_store`). The returned id (`clone-...`)
+audio, bounded in duration, and stored (`serve_app.voice_store`: the sessions database by default, or
+an S3-compatible bucket; every replica sees it). The returned id (`clone-...`)
 is then accepted as `voice` by `POST /v1/audio/speech`: engines that clone speak with the cloned
 timbre, the others with their default voice. The list of voices stays `GET /v1/audio/voices`.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
@@ -44,7 +44,7 @@ async def upload_voice(
     if not data:
         raise InvalidInput("file is empty", code="invalid_audio", param="file")
     try:
-        voice = await asyncio.to_thread(store.add, data, name)
+        voice = await store.add(data, name)
     except VoiceLimitReached as exc:
         raise Conflict(str(exc), code=exc.code) from None
     except InvalidInput as exc:
@@ -54,7 +54,7 @@ async def upload_voice(
 
 @router.get("/v1/audio/voices/{voice_id}", responses={404: {}})
 async def get_voice(voice_id: str, store: VoiceStoreDep) -> dict[str, Any]:
-    voice = await asyncio.to_thread(store.get, voice_id)
+    voice = await store.get(voice_id)
     if voice is None:
         raise NotFound(f"voice '{voice_id[:64]}' not found", code="voice_not_found")
     return voice.to_dict()
@@ -62,6 +62,6 @@ async def get_voice(voice_id: str, store: VoiceStoreDep) -> dict[str, Any]:
 
 @router.delete("/v1/audio/voices/{voice_id}", responses={404: {}})
 async def delete_voice(voice_id: str, store: VoiceStoreDep) -> dict[str, Any]:
-    if not await asyncio.to_thread(store.delete, voice_id):
+    if not await store.delete(voice_id):
         raise NotFound(f"voice '{voice_id[:64]}' not found", code="voice_not_found")
     return {"id": voice_id, "object": "voice", "deleted": True}

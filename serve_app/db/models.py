@@ -1,4 +1,4 @@
-"""ORM models. One table: a voice-agent session and its usage summary.
+"""ORM models: voice-agent sessions with their usage summary, and registered voice clones.
 
 Timestamps are timezone-aware UTC everywhere (`UTCDateTime`): SQLite has no time zones, so the
 type stores naive UTC there and gives aware datetimes back, which keeps comparisons (the sweeper's
@@ -11,7 +11,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Enum, Index, String, TypeDecorator
+from sqlalchemy import JSON, DateTime, Enum, Float, ForeignKey, Index, Integer, LargeBinary, String, TypeDecorator
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -117,3 +117,31 @@ class VoiceSession(Base):
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+class StoredClip(Base):
+    """A registered voice clone (serve_app.db.voices): the normalised WAV and its public record.
+
+    Every replica reads clips from here, so an upload through any ingress is spoken by any engine
+    replica without a shared directory.
+    """
+
+    __tablename__ = "voices"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    duration_s: Mapped[float] = mapped_column(Float)
+    sample_rate: Mapped[int] = mapped_column(Integer)
+    audio: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ClipEmbedding(Base):
+    """A speaker embedding computed from a clip by one engine and model (`key`), for other replicas."""
+
+    __tablename__ = "voice_embeddings"
+
+    voice_id: Mapped[str] = mapped_column(String(32), ForeignKey("voices.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

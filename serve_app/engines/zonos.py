@@ -3,7 +3,18 @@
 Loading is upstream's: `Zonos.from_pretrained(ZONOS_MODEL, device=ZONOS_DEVICE)` once per replica
 (or a model handed in, for tests and benchmarks), a speaker embedding (`make_speaker_embedding`)
 from ZONOS_SPEAKER_AUDIO or a registered clip, `make_cond_dict` per request, 44.1 kHz output from
-the DAC autoencoder. torch and zonos are imported lazily, inside these paths only: the service
+the DAC autoencoder.
+
+Cloned voices come from the `VoiceStore` the engine is given (built from VOICES_BACKEND: the
+sessions database by default, or S3), never from a local directory, so a clip uploaded through any
+ingress is spoken by any replica. `prepare` (on the replica's event loop) checks the voice exists
+and fetches what this replica lacks: a speaker embedding another replica stored for this model, or
+else the clip. The batch thread computes a missing embedding (serialised with the model's other
+work) and hands it back to the loop, which stores it for the other replicas. Embeddings are kept
+in a small per-replica LRU; a deleted voice is dropped from it and refused once the store says so
+(within VOICES_CHECK_INTERVAL_S on replicas other than the one that deleted it).
+
+torch and zonos are imported lazily, inside these paths only: the service
 runs without them, and `check()` says why Zonos cannot serve (PyPI's `zonos` is an empty
 placeholder; the real package installs from https://github.com/Zyphra/Zonos; or no CUDA).
 
@@ -51,6 +62,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
+import io
 import logging
 import threading
 import time
@@ -66,11 +78,13 @@ from pydantic import Field
 from config.settings import settings_config
 from serve_app.batching import Batcher, Row
 from serve_app.core.audio import SAMPLE_WIDTH, decode_audio
+from serve_app.core.errors import ServiceUnavailable
 from serve_app.core.voices import Catalogue, Voice, VoiceTable, is_clone_id
 from serve_app.engines.base import Engine, EngineCheck, EngineUnavailable, InvalidInput
 from serve_app.engines.spec import DeploymentDefaults, EngineContext, EngineSettings, EngineSpec
 from serve_app.stream_decode import StreamWindow, Window, to_pcm
 from serve_app.voice_store import VoiceStore
+from serve_app.voice_store.factory import build_voice_store
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +115,16 @@ VOICES = VoiceTable(
 
 
 @dataclass(frozen=True)
+class SpeakerSource:
+    """Where a clone's embedding comes from for one request, fetched on the event loop by `prepare`:
+    this replica's cached tensor, else bytes another replica stored, else the clip to embed."""
+
+    embedding: Any = None
+    stored: bytes | None = None
+    clip: tuple[int, np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
 class ZonosRequest:
     """One sentence to speak; `speaker` is DEFAULT_SPEAKER or a registered clone id."""
 
@@ -108,6 +132,7 @@ class ZonosRequest:
     language: str
     speaker: str
     speed: float = 1.0
+    source: SpeakerSource | None = field(default=None, compare=False, repr=False)
 
 
 def speaking_rate(speed: float) -> float:
@@ -369,6 +394,7 @@ class ZonosEngine(Engine):
 
     name = "zonos"
     sample_rate = SAMPLE_RATE
+    queues_work = True  # the batcher yields `b""` when a request joins a batch
 
     def __init__(
         self,
@@ -377,7 +403,8 @@ class ZonosEngine(Engine):
         device: str = "cuda",
         language: str = "en-us",
         speaker_audio: str | None = None,
-        voices_dir: str = "./data/voices",
+        voice_store: VoiceStore | None = None,
+        embedding_key: str | None = None,
         seed: int | None = None,
         voice_cache_size: int = 64,
         catalogue: Catalogue | None = None,
@@ -406,14 +433,18 @@ class ZonosEngine(Engine):
         `compile_decoder` runs the decoding step through `torch.compile` as upstream `generate` does
         (worth it on a GPU with the transformer backbone; the first batches of each size compile);
         `hang_timeout_s` is how long running requests may go without audio before the health check
-        calls the replica hung."""
+        calls the replica hung; `voice_store` holds the registered clones (None: clones are refused),
+        `embedding_key` names this model's embeddings in it (default `zonos:<model_name>`)."""
         self.catalogue = catalogue or Catalogue({self.name: VOICES})
         self.model_name = model_name
         self.device = device
         self.language = language
         self.speaker_audio = speaker_audio
         self.seed = seed
-        self.voice_store = VoiceStore(voices_dir)
+        self.voice_store = voice_store
+        self.embedding_key = embedding_key or f"zonos:{model_name}"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._saving: set[asyncio.Future[None]] = set()
         self.voice_cache_size = voice_cache_size
         self.warmup_on_start = warmup_on_start
         self.compile_decoder = compile_decoder
@@ -539,24 +570,84 @@ class ZonosEngine(Engine):
             raise InvalidInput("the reference clip is silent: there is no voice in it to clone", param="voice")
         return self._model.make_speaker_embedding(torch.from_numpy(wav).unsqueeze(0), rate)  # [channels=1, samples]
 
-    def _speaker(self, key: str) -> Any:
-        """Embedding for DEFAULT_SPEAKER or a clone id; clones are cached (LRU) per replica."""
-        if key == DEFAULT_SPEAKER:
+    def _speaker(self, request: ZonosRequest) -> Any:
+        """The embedding for a row (in the batch thread): the default speaker, this replica's cached
+        one, one another replica stored, or one computed now from the clip (and stored for the others)."""
+        if request.speaker == DEFAULT_SPEAKER:
             return self._default_speaker
+        source = request.source
+        if source is None:
+            raise InvalidInput(f"voice '{request.speaker}' is not registered", param="voice")
+        if source.embedding is not None:
+            return source.embedding
+        if source.stored is not None:
+            import torch
+
+            embedding = torch.load(io.BytesIO(source.stored), map_location=self._model.device, weights_only=True)
+        elif source.clip is not None:
+            embedding = self._embed(*source.clip)
+            self._share(request.speaker, embedding)
+        else:
+            raise InvalidInput(f"voice '{request.speaker}' is not registered", param="voice")
+        self._remember(request.speaker, embedding)
+        return embedding
+
+    def _remember(self, voice_id: str, embedding: Any) -> None:
         with self._speaker_lock:
-            if key in self._speakers:
-                self._speakers.move_to_end(key)
-                return self._speakers[key]
-        try:
-            rate, samples = self.voice_store.load(key)
-        except KeyError:
-            raise InvalidInput(f"voice '{key}' is not registered", param="voice") from None
-        embedding = self._embed(rate, samples)
-        with self._speaker_lock:
-            self._speakers[key] = embedding
+            self._speakers[voice_id] = embedding
+            self._speakers.move_to_end(voice_id)
             while len(self._speakers) > self.voice_cache_size:
                 self._speakers.popitem(last=False)
-        return embedding
+
+    def _forget(self, voice_id: str) -> None:
+        with self._speaker_lock:
+            self._speakers.pop(voice_id, None)
+
+    def _cached(self, voice_id: str) -> Any:
+        with self._speaker_lock:
+            if voice_id in self._speakers:
+                self._speakers.move_to_end(voice_id)
+                return self._speakers[voice_id]
+        return None
+
+    def _share(self, voice_id: str, embedding: Any) -> None:
+        """Hand a computed embedding to the event loop, which stores it for the other replicas."""
+        import torch
+
+        if self.voice_store is None or self._loop is None or self._loop.is_closed():
+            return
+        buffer = io.BytesIO()
+        torch.save(embedding.detach().cpu(), buffer)
+        self._loop.call_soon_threadsafe(self._spawn_save, voice_id, buffer.getvalue())
+
+    def _spawn_save(self, voice_id: str, data: bytes) -> None:
+        if self.voice_store is None:
+            return
+        task = asyncio.ensure_future(self.voice_store.save_embedding(voice_id, self.embedding_key, data))
+        self._saving.add(task)
+        task.add_done_callback(self._saving.discard)
+
+    async def _speaker_source(self, voice_id: str) -> SpeakerSource:
+        """Check a clone still exists and fetch what the batch thread needs (on the event loop)."""
+        if self.voice_store is None:
+            raise InvalidInput(f"voice '{voice_id}' is not registered (no voice store)", param="voice")
+        try:
+            if not await self.voice_store.exists(voice_id):
+                self._forget(voice_id)
+                raise InvalidInput(f"voice '{voice_id}' is not registered", param="voice")
+            cached = self._cached(voice_id)
+            if cached is not None:
+                return SpeakerSource(embedding=cached)
+            stored = await self.voice_store.embedding(voice_id, self.embedding_key)
+            if stored is not None:
+                return SpeakerSource(stored=stored)
+            clip = await self.voice_store.load(voice_id)
+        except ServiceUnavailable as exc:  # database or object store down: this engine cannot clone now
+            raise EngineUnavailable(f"voice store unavailable: {str(exc)[:160]}") from None
+        if clip is None:
+            self._forget(voice_id)
+            raise InvalidInput(f"voice '{voice_id}' is not registered", param="voice")
+        return SpeakerSource(clip=clip)
 
     # --- the batch runner (called by self.batcher in a worker thread) -------------------------
 
@@ -607,7 +698,7 @@ class ZonosEngine(Engine):
                 cond = make_cond_dict(
                     text=request.text,
                     language=request.language,
-                    speaker=self._speaker(request.speaker),
+                    speaker=self._speaker(request),
                     speaking_rate=speaking_rate(request.speed),
                     device=self._model.device,
                 )
@@ -656,13 +747,11 @@ class ZonosEngine(Engine):
             raise InvalidInput(f"Zonos does not speak language '{(requested or '')[:16]}'", param="language")
         return code
 
-    def _speaker_key(self, voice: str | None) -> str:
+    async def _speaker_of(self, voice: str | None) -> tuple[str, SpeakerSource | None]:
         if voice and is_clone_id(voice):
-            if not self.voice_store.exists(voice):
-                raise InvalidInput(f"voice '{voice}' is not registered", param="voice")
-            return voice
+            return voice, await self._speaker_source(voice)
         self.resolve_voice(voice)  # OpenAI names and other engines' voices map to the default speaker
-        return DEFAULT_SPEAKER
+        return DEFAULT_SPEAKER, None
 
     async def prepare(self, text: str, voice: str | None, language: str | None, speed: float) -> ZonosRequest:
         """Check a request and load the model; every error here is raised before the request queues."""
@@ -678,7 +767,10 @@ class ZonosEngine(Engine):
             await asyncio.to_thread(self.load)
         if not self._ready:
             raise EngineUnavailable(self._problem or "zonos is not loaded")
-        request = ZonosRequest(text, self._language(language), self._speaker_key(voice), speed)
+        self._loop = asyncio.get_running_loop()
+        code = self._language(language)
+        speaker, source = await self._speaker_of(voice)
+        request = ZonosRequest(text, code, speaker, speed, source)
         # Lengths only: per-sentence excerpts would add up to the whole user text in a DEBUG log.
         logger.debug("zonos synthesize speaker=%s lang=%s chars=%d", request.speaker, request.language, len(text))
         return request
@@ -697,6 +789,7 @@ class ZonosEngine(Engine):
             "device": self.device,
             "loaded": self.loaded,
             "speakers_cached": len(self._speakers),
+            "voice_store": self.voice_store.backend_name if self.voice_store is not None else None,
             "batching": {
                 **self.batcher.stats.to_dict(),
                 "queued": self.batcher.queued,
@@ -784,7 +877,7 @@ def _build(settings: ZonosSettings, context: EngineContext) -> ZonosEngine:
         device=settings.device,
         language=settings.language,
         speaker_audio=settings.speaker_audio,
-        voices_dir=context.settings.voices.dir,
+        voice_store=build_voice_store(context.settings),
         seed=settings.seed,
         voice_cache_size=settings.voice_cache_size,
         max_batch_size=settings.max_batch_size,
@@ -809,6 +902,6 @@ ENGINE = EngineSpec(
     speed_range=SPEED_RANGE,
     word_timing="estimated",
     # max_ongoing_requests covers a full batch plus the engine's own queue (ZONOS_MAX_QUEUED).
-    deployment=DeploymentDefaults(num_cpus=1.0, num_gpus=1.0, max_ongoing_requests=48),
+    deployment=DeploymentDefaults(num_cpus=1.0, num_gpus=1.0, max_ongoing_requests=48, max_queued_requests=16),
     honours={"speed": "speaking rate", "language": "eSpeak language", "voice": "registered clones"},
 )

@@ -1,17 +1,12 @@
-"""The voice catalogue across engines, and the store of registered reference clips."""
+"""The voice catalogue across engines (the store of clones: tests/unit/test_voice_backends.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 
-from serve_app.core.audio import StreamEncoder
 from serve_app.core.errors import InvalidInput
 from serve_app.core.voices import OPENAI_VOICES, is_clone_id
 from serve_app.engines import registry
-from serve_app.voice_store import MAX_SECONDS, VoiceLimitReached, VoiceStore
 
 ENGINES = ("zonos", "edge", "flite")
 CATALOGUE = registry.catalogue()
@@ -75,59 +70,3 @@ def test_language_prefers_a_voice_speaking_it_with_the_same_gender() -> None:
     assert prefer_language("edge", "en-US-AriaNeural", "en-GB", edge) == "en-GB-SoniaNeural"  # the exact tag wins
     assert prefer_language("edge", "en-US-AriaNeural", "sw", edge) == "en-US-AriaNeural"  # nobody speaks it
     assert prefer_language("edge", "en-US-AriaNeural", None, edge) == "en-US-AriaNeural"
-
-
-# --- the store ---------------------------------------------------------------------------------
-
-
-def speech_like(seconds: float, rate: int = 16000) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    return (np.sin(2 * np.pi * 220 * t) * 9000 * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))).astype("<i2")
-
-
-def encoded(samples: np.ndarray, fmt: str, rate: int = 16000) -> bytes:
-    encoder = StreamEncoder(fmt, rate)
-    return encoder.feed(samples.tobytes()) + encoder.finish()
-
-
-def test_store_registers_lists_reads_and_deletes(tmp_path: Path) -> None:
-    store = VoiceStore(tmp_path / "voices")
-    assert store.ids() == set() and store.list() == []
-    voice = store.add(encoded(speech_like(3.0), "mp3"), "  Narrator  ")
-    assert is_clone_id(voice.id) and voice.name == "Narrator"
-    assert voice.duration_s == pytest.approx(3.0, abs=0.15)
-    assert store.ids() == {voice.id} and store.get(voice.id) == voice
-    rate, samples = store.load(voice.id)
-    assert rate == voice.sample_rate and len(samples) == pytest.approx(3.0 * rate, rel=0.05)
-    second = store.add(encoded(speech_like(2.0), "wav"))
-    assert second.name == "cloned voice"
-    assert [v.id for v in store.list()] == sorted([voice.id, second.id], key=lambda i: (store.get(i).created_at, i))  # type: ignore[union-attr]
-    assert store.delete(voice.id) and not store.delete(voice.id)
-    assert store.ids() == {second.id} and store.get(voice.id) is None
-    assert voice.to_dict()["object"] == "voice" and voice.to_dict()["cloned"] is True
-
-
-def test_store_refuses_what_is_not_a_usable_clip(tmp_path: Path) -> None:
-    store = VoiceStore(tmp_path)
-    with pytest.raises(InvalidInput, match="not decodable"):
-        store.add(b"definitely not audio" * 100)
-    with pytest.raises(InvalidInput, match="too short"):
-        store.add(encoded(speech_like(0.3), "wav"))
-    with pytest.raises(InvalidInput, match="silent"):
-        store.add(encoded(np.zeros(32000, dtype="<i2"), "wav"))
-    with pytest.raises(InvalidInput, match="too long"):
-        store.add(encoded(speech_like(MAX_SECONDS + 5, rate=8000), "mp3", rate=8000))
-    assert store.ids() == set()
-
-
-def test_store_limit_and_ids_that_are_not_ours(tmp_path: Path) -> None:
-    store = VoiceStore(tmp_path, max_voices=1)
-    store.add(encoded(speech_like(1.5), "wav"))
-    with pytest.raises(VoiceLimitReached):
-        store.add(encoded(speech_like(1.5), "wav"))
-    (tmp_path / "secret.json").write_text("{}")
-    for bad in ("../secret", "secret", "clone-../../x", "CLONE-0123456789AB"):
-        assert store.get(bad) is None and not store.delete(bad) and not store.exists(bad)
-        with pytest.raises(KeyError):
-            store.load(bad)
-    assert (tmp_path / "secret.json").exists()

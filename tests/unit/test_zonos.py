@@ -33,6 +33,7 @@ from serve_app.engines.zonos import (
     speaking_rate,
 )
 from serve_app.voice_store import VoiceStore
+from serve_app.voice_store.directory import DirectoryBackend
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,8 +63,15 @@ def tone_wav(path: Path, hz: float, seconds: float = 2.0, rate: int = 16000) -> 
     return path
 
 
+def voice_store(tmp_path: Path, **options: Any) -> VoiceStore:
+    """The clones' store as a replica would have it (here over a directory: the backends' own
+    contract is tests/unit/test_voice_backends.py)."""
+    return VoiceStore(DirectoryBackend(tmp_path / "voices"), **options)
+
+
 def engine(tmp_path: Path, **kwargs: Any) -> ZonosEngine:
-    return ZonosEngine(device="cpu", voices_dir=str(tmp_path / "voices"), **kwargs)
+    kwargs.setdefault("voice_store", voice_store(tmp_path))
+    return ZonosEngine(device="cpu", **kwargs)
 
 
 async def speak(e: ZonosEngine, text: str, voice: str | None = "alloy", **kwargs: Any) -> list[bytes]:
@@ -120,7 +128,7 @@ async def test_check_recognises_the_pypi_placeholder(tmp_path: Path, monkeypatch
 
 
 async def test_cuda_device_without_a_gpu_is_reported(tmp_path: Path, zonos_double: None) -> None:
-    e = ZonosEngine(device="cuda", voices_dir=str(tmp_path))
+    e = ZonosEngine(device="cuda")
     check = await e.check()
     assert not check.available and "CUDA is not available" in (check.reason or "")
 
@@ -195,9 +203,9 @@ def test_stacked_conditioning_is_refused_as_the_real_library_does(zonos_double: 
 
 
 async def test_cloned_voice_is_used_and_its_embedding_cached(tmp_path: Path, zonos_double: None) -> None:
-    store = VoiceStore(tmp_path / "voices")
-    low = store.add(tone_wav(tmp_path / "low.wav", 140).read_bytes(), "low")
-    high = store.add(tone_wav(tmp_path / "high.wav", 2500).read_bytes(), "high")
+    store = voice_store(tmp_path)
+    low = await store.add(tone_wav(tmp_path / "low.wav", 140).read_bytes(), "low")
+    high = await store.add(tone_wav(tmp_path / "high.wav", 2500).read_bytes(), "high")
     e = engine(tmp_path)
     e.load()
     calls: list[int] = []
@@ -221,12 +229,52 @@ async def test_cloned_voice_is_used_and_its_embedding_cached(tmp_path: Path, zon
 
 
 async def test_speaker_cache_is_bounded(tmp_path: Path, zonos_double: None) -> None:
-    store = VoiceStore(tmp_path / "voices")
-    ids = [store.add(tone_wav(tmp_path / f"{hz}.wav", hz).read_bytes()).id for hz in (200, 400, 800)]
+    store = voice_store(tmp_path)
+    ids = [(await store.add(tone_wav(tmp_path / f"{hz}.wav", hz).read_bytes())).id for hz in (200, 400, 800)]
     e = engine(tmp_path, voice_cache_size=2)
     for voice_id in ids:
         await speak(e, "Hello.", voice_id)
     assert list(e._speakers) == ids[1:]
+
+
+async def test_an_embedding_one_replica_computes_is_reused_by_another(tmp_path: Path, zonos_double: None) -> None:
+    """Two engines over one store stand for two replicas: the second never embeds the clip itself."""
+    store = voice_store(tmp_path)
+    voice = await store.add(tone_wav(tmp_path / "v.wav", 500).read_bytes())
+    first, second = engine(tmp_path), engine(tmp_path)
+    for e in (first, second):
+        e.load()
+    calls: list[str] = []
+    for name, e in (("first", first), ("second", second)):
+        original = e._model.make_speaker_embedding
+        e._model.make_speaker_embedding = lambda wav, sr, _o=original, _n=name: calls.append(_n) or _o(wav, sr)
+    a = b"".join(await speak(first, "Shared voice.", voice.id))
+    for _ in range(100):  # the computed embedding is stored by the event loop after the batch
+        if await store.embedding(voice.id, first.embedding_key) is not None:
+            break
+        await asyncio.sleep(0.02)
+    b = b"".join(await speak(second, "Shared voice.", voice.id))
+    assert calls == ["first"] and a == b  # same embedding, same audio
+    assert (await second.check()).details["speakers_cached"] == 1
+
+
+async def test_a_deleted_voice_is_refused_and_forgotten(tmp_path: Path, zonos_double: None) -> None:
+    writer = voice_store(tmp_path)
+    voice = await writer.add(tone_wav(tmp_path / "d.wav", 300).read_bytes())
+    e = engine(tmp_path, voice_store=voice_store(tmp_path, check_interval_s=0.0))
+    await speak(e, "Before.", voice.id)
+    assert voice.id in e._speakers
+    assert await writer.delete(voice.id)
+    with pytest.raises(InvalidInput, match="not registered"):
+        await speak(e, "After.", voice.id)
+    assert voice.id not in e._speakers
+
+
+async def test_clones_are_refused_without_a_voice_store(tmp_path: Path, zonos_double: None) -> None:
+    e = engine(tmp_path, voice_store=None)
+    assert b"".join(await speak(e, "The default voice still works."))
+    with pytest.raises(InvalidInput, match="not registered"):
+        await speak(e, "A clone cannot.", "clone-0123456789ab")
 
 
 async def test_default_speaker_comes_from_zonos_speaker_audio(tmp_path: Path, zonos_double: None) -> None:
@@ -242,12 +290,13 @@ async def test_default_speaker_comes_from_zonos_speaker_audio(tmp_path: Path, zo
 
 
 async def test_default_and_cloned_speakers_in_one_batch(tmp_path: Path, zonos_double: None) -> None:
-    store = VoiceStore(tmp_path / "voices")
-    clone = store.add(tone_wav(tmp_path / "c.wav", 300).read_bytes())
+    store = voice_store(tmp_path)
+    clone = await store.add(tone_wav(tmp_path / "c.wav", 300).read_bytes())
     e = engine(tmp_path)
     e.load()
-    speakers = ["default", clone.id, "default"]
-    results = e.batcher.run_now([ZonosRequest(f"Line {i}.", "en-us", s) for i, s in enumerate(speakers)])
+    speakers = ["alloy", clone.id, "alloy"]
+    requests = [await e.prepare(f"Line {i}.", s, None, 1.0) for i, s in enumerate(speakers)]
+    results = e.batcher.run_now(requests)
     assert all(isinstance(r, bytes) and r for r in results)
     assert list(e.batcher.stats.recent) == [3]  # speaker and no-speaker rows share one batch
     assert dominant_hz(results[0]) != pytest.approx(dominant_hz(results[1]), abs=5.0)  # type: ignore[arg-type]

@@ -43,6 +43,7 @@ from serve_app.engines.zonos import (
 )
 from serve_app.stream_decode import seam_error
 from serve_app.voice_store import VoiceStore
+from serve_app.voice_store.directory import DirectoryBackend
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 DEVICE = os.environ.get("ZONOS_TEST_DEVICE", "cpu")
@@ -107,10 +108,15 @@ def eos_prone_model(real_zonos: None) -> Any:
     return built
 
 
+def voice_store(tmp_path: Path) -> VoiceStore:
+    return VoiceStore(DirectoryBackend(tmp_path / "voices"))
+
+
 def make_engine(model: Any, tmp_path: Path, **kwargs: Any) -> ZonosEngine:
     options: dict[str, Any] = {"max_new_frames": 48, "batch_wait_s": 0.5, "seed": 7, "stop_at_eos": False}
     options.update(kwargs)
-    engine = ZonosEngine(device=DEVICE, voices_dir=str(tmp_path / "voices"), model=model, **options)
+    options.setdefault("voice_store", voice_store(tmp_path))
+    engine = ZonosEngine(device=DEVICE, model=model, **options)
     engine.load()
     assert engine.loaded, engine._problem
     return engine
@@ -194,8 +200,7 @@ async def test_batches_speak_every_row(model: Any, tmp_path: Path, size: int) ->
 
 
 async def test_mixed_languages_speeds_and_speakers_in_one_batch(model: Any, tmp_path: Path) -> None:
-    store = VoiceStore(tmp_path / "voices")
-    voice = store.add(clip(tmp_path / "ref.wav", 9000), "ref").id
+    voice = (await voice_store(tmp_path).add(clip(tmp_path / "ref.wav", 9000), "ref")).id
     engine = make_engine(model, tmp_path, max_batch_size=4, max_new_frames=None)
     requests = [
         ("Good morning.", None, "en-US", 1.0),
@@ -434,8 +439,7 @@ async def test_bad_input_is_the_callers_fault_before_any_batch(model: Any, tmp_p
 
 async def test_one_bad_request_fails_alone_in_its_batch(model: Any, tmp_path: Path) -> None:
     """A clip that decodes to (near) silence passes upload but has no voice: only its row fails."""
-    store = VoiceStore(tmp_path / "voices")
-    silent = store.add(clip(tmp_path / "silent.wav", 0.0), "muted mic").id
+    silent = (await voice_store(tmp_path).add(clip(tmp_path / "silent.wav", 0.0), "muted mic")).id
     engine = make_engine(model, tmp_path, max_batch_size=4)
 
     async def speak(text: str, voice: str | None) -> bytes | BaseException:
