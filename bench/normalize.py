@@ -1,18 +1,22 @@
-"""Spoken-form normalisation: what it adds per sentence, against the engines' time to first byte.
+"""Spoken-form normalisation: what it adds per sentence, against Flite's time to first audio, in one run.
 
-    python -m bench.normalize [--runs 5] [--flite-ttfb-ms 35] [--piper-ttfb-ms 300] [--cold]
-                              [--corpus sentences.txt | --docs-corpus 9000] [--verbose] [--json out.json]
+    python -m bench.normalize [--runs 3] [--sentences tests/unit/spoken_corpus.tsv] [--flite-ttfb-ms 35]
+                              [--piper-ttfb-ms 300] [--cold] [--corpus sentences.txt | --docs-corpus 9000]
+                              [--verbose] [--json out.json]
 
 Measures, in-process on this machine, one call at a time (interleaved sentence by sentence, so a
 busy moment hurts every variant alike):
 1. loading the normaliser from its compiled cache (import included), and with `--cold` compiling
    the grammars from scratch into a temporary directory (the one-time install cost, about a minute);
-2. per sentence, over agent-like sentences with and without numbers: `to_spoken`'s path (pre-check,
-   then NeMo on windows around the candidates) against NeMo on the whole sentence, wall-clock p50
-   and p95 (what adds to time to first byte) and CPU p50;
-3. those figures as a share of the engines' TTFB (defaults: ~35 ms Flite, ~300 ms Piper; pass the
-   figures `bench.ttfb` / `bench.piper_ttfb` give on the same machine). Only the first sentence's
-   normalisation adds to TTFB: later sentences are normalised while earlier ones play.
+2. per sentence of the agent corpus (tests/unit/spoken_corpus.tsv, 13 categories): `to_spoken`'s
+   path (pre-check, then NeMo on windows around the candidates; window memo off, so every call pays
+   as for a sentence never seen) against NeMo on the whole sentence, wall-clock p50 and p95 per
+   category (what adds to time to first byte) and CPU p50;
+3. in the same run, libflite's own time to first audio for each sentence's spoken form (in-process,
+   the engine alone), and the added time as a share of it per sentence (p50 / p95 per category);
+   also as a share of the serving stack's TTFB (defaults: ~35 ms Flite through Serve, ~300 ms Piper;
+   pass the figures `bench.ttfb` / `bench.piper_ttfb` give on the same machine). Only the first
+   sentence's normalisation adds to TTFB: later sentences are normalised while earlier ones play.
 With `--corpus` (one sentence a line; `--docs-corpus N` takes N sentences from the installed
 packages' descriptions and the standard library's docstrings) it also checks that every sentence the
 pre-check skips comes out of NeMo unchanged, and that windowed results equal whole-sentence ones
@@ -22,8 +26,8 @@ pre-check skips comes out of NeMo unchanged, and that windowed results equal who
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -32,35 +36,19 @@ from typing import Any
 
 from serve_app.core import spoken
 
-PLAIN = [
-    "Sure, I can help you with that right away.",
-    "Your appointment is confirmed for Tuesday morning with the hygienist.",
-    "I'm sorry, I didn't catch that. Could you say it again?",
-    "Let me check the details of your booking for you.",
-    "Is there anything else I can help you with today?",
-    "Thanks for calling, have a wonderful evening!",
-    "I have updated your delivery address as requested.",
-    "The technician will call you before arriving at your home.",
-    "Okay, I've cancelled the reservation and sent you a confirmation.",
-    "You can change your password from the account settings page.",
-]
-WITH_NUMBERS = [
-    "Your order number is 48213 and it ships in 3 days.",
-    "The total comes to $1,249.99 including tax.",
-    "That will be $3.50, about 15% more than last month.",
-    "Your appointment is on March 21, 2024 at 3:30 pm.",
-    "I can book you for the 2nd or the 21st of next month.",
-    "Please call us back at 555-123-4567 after 9 am.",
-    "You can also email support@example.com or visit www.example.com/help.",
-    "Dr. Smith will see you at 10:45 AM in room 204.",
-    "The flight leaves at 7:05 pm and lands at 11:20 pm local time.",
-    "Your balance is $82.17 and the minimum payment is $25.",
-    "We are at 221 Baker St., 2nd floor, open until 6 pm.",
-    "The package weighs 2.5 kg and measures 30 cm on each side.",
-]
-
+SENTENCES = Path(__file__).resolve().parents[1] / "tests" / "unit" / "spoken_corpus.tsv"
 DEFAULT_FLITE_TTFB_MS = 35.0
 DEFAULT_PIPER_TTFB_MS = 300.0
+
+
+def load_sentences(path: Path) -> dict[str, list[str]]:
+    """category -> sentences, from the `category<TAB>sentence` corpus the tests also use."""
+    groups: dict[str, list[str]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            category, sentence = line.split("\t", 1)
+            groups.setdefault(category, []).append(sentence)
+    return groups
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -71,58 +59,121 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[k]
 
 
-def _summary(wall: list[float], cpu: list[float]) -> dict[str, float]:
-    return {
-        "p50_ms": round(_pct(wall, 0.5) * 1000, 2),
-        "p95_ms": round(_pct(wall, 0.95) * 1000, 2),
-        "max_ms": round(max(wall) * 1000, 2) if wall else float("nan"),
-        "cpu_p50_ms": round(_pct(cpu, 0.5) * 1000, 2),
-    }
-
-
 def _time(fn: Any, text: str) -> tuple[float, float, str]:
     wall, cpu = time.perf_counter(), time.process_time()
     out = fn(text)
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
-def measure(normalizer: spoken.SpokenNormalizer, runs: int, verbose: bool) -> dict[str, Any]:
+class FliteFirstAudio:
+    """libflite's time to its first audio chunk for one text, through the engine's own streaming code."""
+
+    def __init__(self, voice: str = "slt") -> None:
+        from serve_app.engines.flite import FliteLibrary
+
+        self.voice = voice
+        self.library = FliteLibrary()
+        self.loop = asyncio.new_event_loop()
+
+    def __call__(self, text: str) -> float:
+        return self.loop.run_until_complete(self._first_audio(text))
+
+    async def _first_audio(self, text: str) -> float:
+        started = time.perf_counter()
+        first = float("nan")
+        async for piece in self.library.stream(text, self.voice, 1.0):
+            if isinstance(piece, tuple) and first != first:  # (rate, pcm): audio
+                first = time.perf_counter() - started
+        return first
+
+    def close(self) -> None:
+        self.loop.close()
+
+
+def measure(
+    normalizer: spoken.SpokenNormalizer, groups: dict[str, list[str]], runs: int, flite: FliteFirstAudio | None
+) -> dict[str, Any]:
+    """Per category: added wall time (ours, whole-sentence NeMo), CPU, Flite first audio, and the share."""
     backend = normalizer._backend
     assert backend is not None
+    normalizer.memo_size = 0  # every call pays as for a sentence never seen
+    normalizer._memo.clear()
 
     def whole(text: str) -> str:
         return str(backend.normalize(text, punct_post_process=True))
 
-    variants = {"to_spoken": normalizer.normalize, "nemo_whole_sentence": whole}
-    groups = {"plain": PLAIN, "with_numbers": WITH_NUMBERS}
-    samples: dict[tuple[str, str], tuple[list[float], list[float]]] = {
-        (v, g): ([], []) for v in variants for g in groups
-    }
-    for fn in variants.values():  # warm both paths once
-        for text in PLAIN[:1] + WITH_NUMBERS[:1]:
-            fn(text)
+    variants = {"to_spoken": normalizer.normalize, "nemo_whole": whole}
+    wall: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}
+    share: dict[tuple[str, str], list[float]] = {}
+    ttfb: dict[str, list[float]] = {}
     for _ in range(runs):
-        for group, texts in groups.items():
+        for category, texts in groups.items():
             for text in texts:
+                engine_s = float("nan")
                 for variant, fn in variants.items():
-                    wall_s, cpu_s, _ = _time(fn, text)
-                    samples[(variant, group)][0].append(wall_s)
-                    samples[(variant, group)][1].append(cpu_s)
+                    wall_s, cpu_s, out = _time(fn, text)
+                    if variant == "to_spoken" and flite is not None:
+                        engine_s = flite(out)
+                        ttfb.setdefault(category, []).append(engine_s)
+                    for key in ((variant, category), (variant, "all")):
+                        wall.setdefault(key, []).append(wall_s)
+                        cpu.setdefault(key, []).append(cpu_s)
+                        if engine_s == engine_s:
+                            share.setdefault(key, []).append(wall_s / engine_s)
+                if flite is not None:
+                    ttfb.setdefault("all", []).append(engine_s)
     result: dict[str, Any] = {}
-    for variant in variants:
-        result[variant] = {}
-        for group in [*groups, "all"]:
-            if group == "all":
-                wall = samples[(variant, "plain")][0] + samples[(variant, "with_numbers")][0]
-                cpu = samples[(variant, "plain")][1] + samples[(variant, "with_numbers")][1]
-            else:
-                wall, cpu = samples[(variant, group)]
-            result[variant][group] = _summary(wall, cpu)
-    if verbose:
-        for text in PLAIN + WITH_NUMBERS:
-            times = [_time(normalizer.normalize, text)[0] for _ in range(runs)]
-            print(f"  {statistics.median(times) * 1000:7.2f} ms  {text!r} -> {normalizer.normalize(text)!r}")
+    for (variant, category), values in wall.items():
+        entry = {
+            "sentences": len(groups.get(category, [])) or sum(len(t) for t in groups.values()),
+            "p50_ms": round(_pct(values, 0.5) * 1000, 2),
+            "p95_ms": round(_pct(values, 0.95) * 1000, 2),
+            "cpu_p50_ms": round(_pct(cpu[(variant, category)], 0.5) * 1000, 2),
+        }
+        if flite is not None:
+            entry["flite_first_audio_p50_ms"] = round(_pct(ttfb[category], 0.5) * 1000, 2)
+            entry["share_of_flite_p50_pct"] = round(_pct(share[(variant, category)], 0.5) * 100, 1)
+            entry["share_of_flite_p95_pct"] = round(_pct(share[(variant, category)], 0.95) * 100, 1)
+        result.setdefault(variant, {})[category] = entry
     return result
+
+
+def print_table(per_sentence: dict[str, Any], serving_ttfb: dict[str, float]) -> None:
+    columns = ("p50", "p95", "cpu50", "flite", "%fl50", "%fl95")
+    head = f"{'variant':11} {'category':9} {'n':>4}" + "".join(f" {c:>6}" for c in columns)
+    print(head + "".join(f"  %{name}({ms:.0f})50/95".rjust(20) for name, ms in serving_ttfb.items()))
+    nan = float("nan")
+    for variant, categories in per_sentence.items():
+        for category, e in categories.items():
+            values = (
+                e["p50_ms"],
+                e["p95_ms"],
+                e["cpu_p50_ms"],
+                e.get("flite_first_audio_p50_ms", nan),
+                e.get("share_of_flite_p50_pct", nan),
+                e.get("share_of_flite_p95_pct", nan),
+            )
+            line = f"{variant:11} {category:9} {e['sentences']:4d}" + "".join(f" {v:6.2f}" for v in values)
+            line += "".join(
+                f"{e['p50_ms'] / ms * 100:9.1f} / {e['p95_ms'] / ms * 100:5.1f}".rjust(20)
+                for ms in serving_ttfb.values()
+            )
+            print(line)
+
+
+def agreement(normalizer: spoken.SpokenNormalizer, groups: dict[str, list[str]], verbose: bool) -> dict[str, Any]:
+    """How many sentences the fast path speaks exactly as whole-sentence NeMo does (differences printed)."""
+    backend = normalizer._backend
+    assert backend is not None
+    texts = [text for group in groups.values() for text in group]
+    equal = 0
+    for text in texts:
+        ours, whole = normalizer.normalize(text), backend.normalize(text, punct_post_process=True)
+        equal += ours == whole
+        if ours != whole or verbose:
+            print(f"  {'differs' if ours != whole else 'same'}: {text!r}\n    whole: {whole!r}\n    ours:  {ours!r}")
+    return {"sentences": len(texts), "equal": equal, "rate_pct": round(100 * equal / max(1, len(texts)), 1)}
 
 
 def docs_corpus(limit: int, seed: int = 7) -> list[str]:
@@ -201,7 +252,8 @@ def verify(normalizer: spoken.SpokenNormalizer, corpus: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sentences", type=Path, default=SENTENCES, help="category<TAB>sentence lines to time")
     parser.add_argument("--flite-ttfb-ms", type=float, default=DEFAULT_FLITE_TTFB_MS)
     parser.add_argument("--piper-ttfb-ms", type=float, default=DEFAULT_PIPER_TTFB_MS)
     parser.add_argument("--cache-dir", default=None, help="default: $TTS_NORMALIZE_CACHE_DIR or ./data/tn-cache")
@@ -233,22 +285,27 @@ def main(argv: list[str] | None = None) -> int:
     where = normalizer.status()["cache_dir"]
     print(f"load from cache (import included): {report['load_from_cache_s']} s   cache: {where}")
 
-    report["per_sentence"] = measure(normalizer, args.runs, args.verbose)
-    ttfb = {"flite": args.flite_ttfb_ms, "piper": args.piper_ttfb_ms}
-    report["ttfb_ms"] = ttfb
+    groups = load_sentences(args.sentences)
+    flite: FliteFirstAudio | None = None
+    try:
+        flite = FliteFirstAudio()
+    except OSError as exc:
+        print(f"libflite unavailable ({exc}); shares of Flite's first audio left out")
+    report["per_sentence"] = measure(normalizer, groups, args.runs, flite)
+    report["agreement"] = agreement(normalizer, groups, args.verbose)
+    if flite is not None:
+        flite.close()
+    ttfb = {"flite_serve": args.flite_ttfb_ms, "piper_serve": args.piper_ttfb_ms}
+    report["serving_ttfb_ms"] = ttfb
+    total = sum(len(t) for t in groups.values())
     print(
-        f"\nper-sentence normalisation, {args.runs} runs x {len(PLAIN)} plain + {len(WITH_NUMBERS)} with numbers"
-        " (wall ms; share of TTFB at p50 / p95)"
+        f"\nper-sentence normalisation, {args.runs} runs x {total} sentences of {args.sentences.name}"
+        " (wall ms; flite = libflite's first audio for the spoken text, same run; %fl = added time as a"
+        " share of it per sentence, p50/p95; then shares of the serving stack's TTFB)"
     )
-    header = f"{'variant':22} {'sentences':13} {'p50':>7} {'p95':>7} {'cpu p50':>8}"
-    header += "".join(f"  {name} ({ms:.0f} ms)".rjust(24) for name, ms in ttfb.items())
-    print(header)
-    for variant, groups in report["per_sentence"].items():
-        for group, s in groups.items():
-            shares = "".join(
-                f"{s['p50_ms'] / ms * 100:9.1f}% / {s['p95_ms'] / ms * 100:6.1f}%".rjust(24) for ms in ttfb.values()
-            )
-            print(f"{variant:22} {group:13} {s['p50_ms']:7.2f} {s['p95_ms']:7.2f} {s['cpu_p50_ms']:8.2f}{shares}")
+    print_table(report["per_sentence"], ttfb)
+    a = report["agreement"]
+    print(f"\nfast path equals whole-sentence NeMo on {a['equal']} of {a['sentences']} ({a['rate_pct']}%)")
 
     corpus = args.corpus
     if corpus is None and args.docs_corpus > 0:
