@@ -5,7 +5,9 @@ upstream `Zonos` class at a small size with random weights, built inside the rep
 through a Serve handle the way the router calls engines: streaming `synthesize`, `check`, `info`,
 `check_health`. The replica loads and warms up before it serves; concurrent requests share a
 batch; every stream starts with the admission marker; a caller that cancels frees its row; bad
-input comes back as the typed `InvalidInput`.
+input comes back as the typed `InvalidInput`. A second replica clones: a clip uploaded through the
+live ingress (another process) is spoken by it, read from the sessions database with no shared
+directory, and refused there soon after it is deleted.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
+import numpy as np
 import pytest
 
 from serve_app.engines.base import InvalidInput
@@ -103,3 +108,84 @@ async def test_bad_input_is_a_typed_invalid_input(host: Any) -> None:
         await speak(host, "   ")
     error = getattr(caught.value, "cause", caught.value)
     assert isinstance(error, InvalidInput) and error.status == 400
+
+
+# --- a clone uploaded through the live ingress, spoken by a Zonos replica in another process -------
+
+
+@pytest.fixture(scope="module")
+def cloning_host(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The real small Zonos with upstream's speaker network, its clones read from the store its own
+    settings name (VOICES_BACKEND=database: the sessions database the ingress writes), and a VOICES_DIR
+    of its own that nothing shares."""
+    if _real_zonos_importable() is not None:
+        pytest.skip("the real zonos package is not importable; run `make install-zonos`")
+    from ray import serve
+
+    from bench.zonos_random import small_engine
+    from serve_app.deployments import EngineDeployment
+
+    private = tmp_path_factory.mktemp("zonos-replica-only") / "voices"
+    factory = functools.partial(small_engine, stored_voices=True, max_batch_size=2, batch_wait_s=0.05)
+    options = {"num_cpus": 0.1, "runtime_env": {"env_vars": {"VOICES_DIR": str(private)}}}
+    app = EngineDeployment.options(name="ZonosClones", ray_actor_options=options).bind(factory)
+    handle = serve.run(app, name=f"{APP}-clones", route_prefix=None, blocking=False)
+    try:
+        yield handle
+    finally:
+        serve.delete(f"{APP}-clones")
+
+
+def reference_clip(seconds: float = 3.0) -> bytes:
+    from serve_app.core.audio import wav_header
+
+    t = np.arange(int(seconds * 16000)) / 16000
+    samples = np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)) * 12000
+    pcm = samples.astype("<i2").tobytes()
+    return wav_header(16000, len(pcm)) + pcm
+
+
+async def test_a_clone_uploaded_through_the_ingress_is_spoken_by_a_replica_elsewhere(
+    serve_url: str, cloning_host: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from config.settings import get_settings
+    from serve_app.voice_store.factory import build_voice_store
+
+    async with httpx.AsyncClient(base_url=serve_url, timeout=60.0) as api:
+        created = await api.post("/v1/audio/voices", files={"file": ("me.wav", reference_clip(), "audio/wav")})
+        assert created.status_code == 201, created.text
+        voice = created.json()["id"]
+        assert (await check(cloning_host))["details"]["voice_store"] == "database"
+
+        text = "Spoken in the uploaded voice."
+        cloned = b"".join(await speak(cloning_host, text, voice=voice))
+        default = b"".join(await speak(cloning_host, text))
+        assert cloned and len(cloned) == len(default) and cloned != default  # another speaker embedding
+        assert (await check(cloning_host))["details"]["speakers_cached"] == 1
+        # Nothing went through a directory: no clip file under the cluster's data or the replica's VOICES_DIR.
+        base: Path = tmp_path_factory.getbasetemp()
+        assert not await asyncio.to_thread(lambda: list(base.rglob("clone-*")))
+
+        # The embedding the replica computed is in the shared store for every other replica.
+        store = build_voice_store(get_settings())
+        try:
+            for _ in range(200):
+                if await store.embedding(voice, "zonos:Zyphra/Zonos-v0.1-hybrid") is not None:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("the computed embedding was never stored")
+        finally:
+            await store.aclose()
+
+        assert (await api.delete(f"/v1/audio/voices/{voice}")).status_code == 200
+        refused: BaseException | None = None
+        for _ in range(200):  # refused within VOICES_CHECK_INTERVAL_S (2 s) on the other replica
+            try:
+                await speak(cloning_host, "Gone?", voice=voice)
+            except Exception as exc:
+                refused = getattr(exc, "cause", exc)
+                break
+            await asyncio.sleep(0.05)
+        assert isinstance(refused, InvalidInput) and "not registered" in str(refused)
+        assert (await check(cloning_host))["details"]["speakers_cached"] == 0
