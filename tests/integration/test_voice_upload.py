@@ -5,8 +5,9 @@ and the real engine deployment (model load, warm-up, the engine's own batching),
 ZONOS_DEVICE=cpu, ZONOS_NUM_GPUS=0, and tests/fakes on the replicas' PYTHONPATH so `import zonos`
 finds the test double there, and only there (tests/unit/test_zonos_real.py and
 tests/integration/test_zonos_serve.py run the real library). Uploads go to the ingress, which
-stores them in VOICES_DIR; the Zonos replica reads the clip from there and computes (and caches)
-the speaker embedding.
+stores them in the voice store (the sessions database, VOICES_BACKEND's default); the Zonos replica,
+another process, reads the clip from there and computes (and caches, locally and in the store) the
+speaker embedding.
 """
 
 from __future__ import annotations
