@@ -8,7 +8,16 @@
   the jobs, whose shutdown callbacks finalize their sessions).
 - `AgentWorkerHost` / `run_ray()`: `python -m agent ray --replicas N` starts N Ray actors, each
   running an `AgentServer` that registers with LIVEKIT_URL, so the agent fleet scales with the
-  cluster; in the actors the ServeTTS plugin reaches the engines through deployment handles.
+  cluster.
+
+Jobs and event loops: livekit runs each job on an event loop of its own, in a child process
+(`AGENT_JOB_EXECUTOR=process`, the default; Ray is not initialised there) or in a thread of the
+worker's process (`thread`; in a Ray actor, Ray is initialised). Everything async a job uses - the
+sessions API client, the outbox replayer, its session's heartbeat, the ServeTTS plugin with its
+sockets or router - is made on the job's loop by `JobRuntime.open` and closed when the job ends;
+only loop-free things are shared per process (settings, the thread-safe latency monitor). ServeTTS
+then picks per job: deployment handles where Ray is initialised in the job's process (thread jobs
+in an actor), otherwise the realtime WebSocket (`auto`); the job logs which one it uses.
 
 VAD, STT and LLM plugins (silero, deepgram, openai) are optional (`pip install .[agent]`) and
 imported only when a job needs them, so this module imports and tests without them.
@@ -21,17 +30,18 @@ import contextlib
 import importlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from livekit.agents import Agent, AgentServer, AgentSession, JobContext, JobExecutorType, JobProcess
 
 from agent.api_client import AgentApiClient
 from agent.latency import LatencyMonitor
 from agent.lifecycle import (
+    ActiveSession,
     SessionRegistry,
     ShutdownCoordinator,
-    make_shutdown_callback,
     open_session,
 )
 from agent.tts import ServeTTS, ServeTTSOptions
@@ -94,7 +104,11 @@ def build_session(*, llm: Any, tts: Any = None, stt: Any = None, vad: Any = None
 
 @dataclass
 class AgentRuntime:
-    """Per-process shared state: the API client, the latency monitor and the active sessions."""
+    """The API client, the latency monitor and the active sessions of one event loop.
+
+    The client (httpx) and the tasks belong to the loop that made them: one runtime per job (see
+    `JobRuntime`), or one for a host's own loop; never shared between loops.
+    """
 
     settings: Settings
     api: AgentApiClient
@@ -103,11 +117,12 @@ class AgentRuntime:
     replayer: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AgentRuntime:
-        return cls(settings, AgentApiClient.from_settings(settings), LatencyMonitor(settings.agent.latency_window))
+    def from_settings(cls, settings: Settings, monitor: LatencyMonitor | None = None) -> AgentRuntime:
+        monitor = monitor or LatencyMonitor(settings.agent.latency_window)
+        return cls(settings, AgentApiClient.from_settings(settings), monitor)
 
     def ensure_replayer(self) -> None:
-        """Replay queued finalizations now and periodically (once per process)."""
+        """Replay queued finalizations now and periodically (on this runtime's loop)."""
         if self.replayer is None or self.replayer.done():
             self.replayer = asyncio.get_running_loop().create_task(
                 self.api.run_outbox_replayer(self.settings.agent.outbox_replay_interval_s)
@@ -122,14 +137,81 @@ class AgentRuntime:
         await self.api.aclose()
 
 
-_runtime: AgentRuntime | None = None
+class ProcessShared:
+    """What the jobs of one process share: loop-free things only (settings, latency monitor)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.monitor = LatencyMonitor(settings.agent.latency_window)  # thread-safe
+        self.jobs: set[JobRuntime] = set()  # live jobs of this process (thread executor: several)
 
 
-def get_runtime() -> AgentRuntime:
-    global _runtime
-    if _runtime is None:
-        _runtime = AgentRuntime.from_settings(get_settings())
-    return _runtime
+_shared: ProcessShared | None = None
+
+
+def process_shared() -> ProcessShared:
+    """This process's `ProcessShared` (made on first use: job processes start without one)."""
+    global _shared
+    if _shared is None:
+        _shared = ProcessShared(get_settings())
+    return _shared
+
+
+class JobRuntime:
+    """One job's own state, made on the job's event loop and closed when the job ends.
+
+    Holds a runtime (API client, outbox replayer, the session and its heartbeat) and the ServeTTS
+    plugin (its HTTP client, router or sockets). `open` must run on the job's loop; `aclose`
+    (the job's shutdown callback) finalizes the session and closes all of it there.
+    """
+
+    def __init__(self, shared: ProcessShared, job_id: str) -> None:
+        self.shared = shared
+        self.job_id = job_id
+        self.settings = shared.settings
+        self.runtime = AgentRuntime.from_settings(shared.settings, shared.monitor)
+        self.tts: ServeTTS | None = None
+        self.active: ActiveSession | None = None
+
+    @classmethod
+    def open(cls, shared: ProcessShared, job_id: str) -> JobRuntime:
+        job = cls(shared, job_id)
+        job.runtime.ensure_replayer()
+        shared.jobs.add(job)
+        return job
+
+    async def begin(self, room: str, identity: str) -> ActiveSession:
+        """Register the conversation with the sessions API and make the job's ServeTTS."""
+        settings = self.settings
+        info = await self.runtime.api.create_session(
+            room, identity, agent_name=settings.agent.name, metadata={"job_id": self.job_id}
+        )
+        session_id = info["id"] if info else None
+        self.active = open_session(
+            session_id=session_id,
+            room=room,
+            api=self.runtime.api,
+            monitor=self.runtime.monitor,
+            registry=self.runtime.registry,
+            heartbeat_interval_s=settings.agent.heartbeat_interval_s,
+        )
+        self.tts = ServeTTS(ServeTTSOptions.from_settings(settings, session_id=session_id), settings=settings)
+        await self.tts.get_source()  # pick the transport now, so the job's log says which
+        logger.info(
+            "job %s (pid %d): TTS transport stream=%s synthesize=%s",
+            self.job_id[:64], os.getpid(), self.tts.stream_transport, self.tts.transport,
+        )
+        return self.active
+
+    async def aclose(self, reason: str = "job ended") -> None:
+        try:
+            await self.runtime.registry.drain(reason or "job ended")
+            if self.tts is not None:
+                with contextlib.suppress(Exception):
+                    await self.tts.aclose()
+            await self.runtime.aclose()
+        finally:
+            self.shared.jobs.discard(self)
 
 
 def prewarm(proc: JobProcess) -> None:
@@ -139,43 +221,37 @@ def prewarm(proc: JobProcess) -> None:
         proc.userdata["vad"] = make_vad(settings)
 
 
+def open_job(ctx: JobContext) -> JobRuntime:
+    """The job's runtime on its own loop, closed by the job's shutdown callback."""
+    job = JobRuntime.open(process_shared(), ctx.job.id)
+    ctx.add_shutdown_callback(job.aclose)
+    return job
+
+
 async def entrypoint(ctx: JobContext) -> None:
     """One LiveKit job: one conversation, registered, tracked and finalized on shutdown."""
-    runtime = get_runtime()
-    settings = runtime.settings
-    runtime.ensure_replayer()
+    job = open_job(ctx)
+    settings = job.settings
     await ctx.connect()
     participant = await ctx.wait_for_participant()
-    info = await runtime.api.create_session(
-        ctx.room.name, participant.identity, agent_name=settings.agent.name, metadata={"job_id": ctx.job.id}
-    )
-    session_id = info["id"] if info else None
-    active = open_session(
-        session_id=session_id,
-        room=ctx.room.name,
-        api=runtime.api,
-        monitor=runtime.monitor,
-        registry=runtime.registry,
-        heartbeat_interval_s=settings.agent.heartbeat_interval_s,
-    )
-    tts = ServeTTS(ServeTTSOptions.from_settings(settings, session_id=session_id), settings=settings)
-    cleanup = make_shutdown_callback(active, runtime.registry)
-
-    async def on_shutdown(reason: str) -> None:
-        await cleanup(reason)
-        with contextlib.suppress(Exception):
-            await tts.aclose()
-
-    ctx.add_shutdown_callback(on_shutdown)
+    active = await job.begin(ctx.room.name, participant.identity)
     vad = ctx.proc.userdata.get("vad")
-    session = build_session(llm=make_llm(settings), tts=tts, stt=make_stt(settings), vad=vad)
+    session = build_session(llm=make_llm(settings), tts=job.tts, stt=make_stt(settings), vad=vad)
     active.tracker.attach(session.llm, session.tts, session.stt)
     await session.start(agent=VoiceAgent(settings.agent.instructions), room=ctx.room)
-    logger.info("agent joined room %s (session %s)", ctx.room.name[:64], session_id)
+    logger.info("agent joined room %s (session %s)", ctx.room.name[:64], active.session_id)
 
 
-def build_server(settings: Settings | None = None, *, port: int | None = None) -> AgentServer:
-    """An AgentServer (livekit's worker) running `entrypoint`; port 0 picks a free health port."""
+def build_server(
+    settings: Settings | None = None,
+    *,
+    port: int | None = None,
+    job_entrypoint: Callable[[JobContext], Awaitable[None]] = entrypoint,
+) -> AgentServer:
+    """An AgentServer (livekit's worker) running `job_entrypoint`; port 0 picks a free health port.
+
+    The entrypoint must be a module-level function: the process executor imports it by name.
+    """
     settings = settings or get_settings()
     kwargs: dict[str, Any] = {}
     if port is not None:
@@ -190,8 +266,17 @@ def build_server(settings: Settings | None = None, *, port: int | None = None) -
         setup_fnc=prewarm,
         **kwargs,
     )
-    server.rtc_session(entrypoint, agent_name=settings.agent.name)
+    server.rtc_session(job_entrypoint, agent_name=settings.agent.name)
     return server
+
+
+def import_entrypoint(path: str) -> Callable[[JobContext], Awaitable[None]]:
+    """`module:function` -> the function (an alternative job entrypoint for a worker host)."""
+    module, _, name = path.partition(":")
+    function = getattr(importlib.import_module(module), name or "entrypoint")
+    if not callable(function):
+        raise TypeError(f"{path[:120]} is not callable")
+    return cast(Callable[[JobContext], Awaitable[None]], function)
 
 
 class AgentWorkerHost:
@@ -202,16 +287,17 @@ class AgentWorkerHost:
     jobs, waits for running ones, finalizes what is left, replays the outbox and stops.
     """
 
-    def __init__(self, index: int = 0) -> None:
+    def __init__(self, index: int = 0, job_entrypoint: str | None = None) -> None:
         from config.logging import configure_from_settings
 
         configure_from_settings()
         self.index = index
         self.settings = get_settings()
+        # The host's own loop: the outbox replayer and the final replay. Jobs have their own.
         self.runtime = AgentRuntime.from_settings(self.settings)
-        global _runtime
-        _runtime = self.runtime  # thread-executor jobs in this actor share it
-        self.server = build_server(self.settings, port=0)
+        self.shared = process_shared()
+        function = import_entrypoint(job_entrypoint) if job_entrypoint else entrypoint
+        self.server = build_server(self.settings, port=0, job_entrypoint=function)
         self.state = "created"
         self.error: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -258,11 +344,16 @@ class AgentWorkerHost:
             "registered": server.id != "unregistered",
             "draining": server.draining,
             "active_jobs": active_jobs,
-            "active_sessions": len(self.runtime.registry),
+            "active_sessions": len(self.shared.jobs),  # thread executor; process jobs count in active_jobs
             "health_port": server.worker_info.http_port,
             "livekit_url": self.settings.agent.livekit_url,
             "outbox_pending": pending,
         }
+
+    async def simulate_job(self, room: str) -> None:
+        """Run one job without a LiveKit server (livekit's fake job: a mock room), through the
+        configured executor; a smoke test of the jobs' own loops, clients and transports."""
+        await self.server.simulate_job(room, fake_job=True)
 
     async def drain(self, timeout_s: float | None = None) -> dict[str, Any]:
         timeout = int(timeout_s if timeout_s is not None else self.settings.agent.drain_timeout_s)
@@ -278,7 +369,8 @@ class AgentWorkerHost:
         if self._task is not None:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(self._task, 10)
-        await self.runtime.registry.drain("worker drain")
+        if self.shared.jobs:  # their shutdown callbacks did not run; they belong to other loops
+            logger.warning("agent worker %d: %d job(s) did not shut down", self.index, len(self.shared.jobs))
         await self.runtime.api.replay_outbox()
         await self.runtime.aclose()
         self.state = "stopped"
@@ -295,15 +387,24 @@ def agent_actor_class(num_cpus: float | None = None) -> Any:
     return ray.remote(**options)(AgentWorkerHost)
 
 
-def spawn_actors(replicas: int, *, env: dict[str, str] | None = None, num_cpus: float | None = None) -> list[Any]:
-    """Create `replicas` named actors (namespace `voice-agent`) and start their workers."""
+def spawn_actors(
+    replicas: int,
+    *,
+    env: dict[str, str] | None = None,
+    num_cpus: float | None = None,
+    job_entrypoint: str | None = None,
+) -> list[Any]:
+    """Create `replicas` named actors (namespace `voice-agent`) and start their workers.
+
+    `job_entrypoint` (`module:function`) replaces the conversation entrypoint, e.g. for a smoke test.
+    """
     import ray
 
     cls = agent_actor_class(num_cpus)
     options: dict[str, Any] = {"namespace": ACTOR_NAMESPACE}
     if env:
         options["runtime_env"] = {"env_vars": env}
-    actors = [cls.options(name=f"agent-worker-{i}", **options).remote(i) for i in range(replicas)]
+    actors = [cls.options(name=f"agent-worker-{i}", **options).remote(i, job_entrypoint) for i in range(replicas)]
     statuses = ray.get([a.start.remote() for a in actors])
     for status in statuses:
         logger.info(

@@ -8,18 +8,23 @@ what arrives (audio, words, what the engines are left doing), never on how fast.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from livekit.agents import APIConnectOptions
 from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT
 
 from agent.tts import ServeSynthesizeStream, ServeTTS, ServeTTSOptions
+from tests.conftest import free_port
 from tests.integration.test_realtime import settled
 
 pytestmark = pytest.mark.integration
 
+REPO = Path(__file__).resolve().parents[2]
 NO_RETRY = APIConnectOptions(max_retry=0)
 LONG = " ".join(f"This is sentence number {n} of a rather long answer that keeps going." for n in
                 ("one", "two", "three", "four", "five", "six", "seven", "eight"))
@@ -120,3 +125,66 @@ async def test_refused_settings_raise_livekit_status_errors(serve_url: str) -> N
     finally:
         await tts.aclose()
     assert info.value.status_code == 400 and info.value.retryable is False
+
+
+@pytest.mark.parametrize(
+    ("executor", "transport", "expected"),
+    [("process", "auto", "websocket"), ("thread", "websocket", "websocket"), ("thread", "auto", "handle")],
+)
+async def test_worker_jobs_run_on_their_own_loops_in_each_executor(
+    serve_url: str, tmp_path: Path, executor: str, transport: str, expected: str
+) -> None:
+    """Three concurrent jobs in one agent actor, through livekit's own executor (simulated jobs: no
+    LiveKit server here). Process jobs have no Ray, so `auto` streams over the socket; thread jobs
+    share the actor's process, where Ray is initialised, so `auto` uses handles there."""
+    import ray
+
+    from agent.worker import drain_actors, spawn_actors
+
+    env = {
+        "LIVEKIT_URL": f"ws://127.0.0.1:{free_port()}",  # nothing listens: the worker stays unregistered
+        "LIVEKIT_API_KEY": "devkey",
+        "LIVEKIT_API_SECRET": "devsecret-devsecret-devsecret-00",
+        "AGENT_JOB_EXECUTOR": executor,
+        "AGENT_NUM_IDLE_PROCESSES": "0",
+        "AGENT_VAD": "none",
+        "AGENT_TTS_TRANSPORT": transport,
+        "AGENT_TTS_MODEL": "flite",
+        "API_BASE_URL": serve_url,
+        "AGENT_JOB_RESULTS": str(tmp_path),
+        "PYTHONPATH": str(REPO),  # job processes import the test entrypoint by name
+    }
+    actors = await asyncio.to_thread(
+        spawn_actors, 1, env=env, num_cpus=0.1, job_entrypoint="tests.integration.agent_jobs:speak_one_turn"
+    )
+    rooms = [f"{executor}-{transport}-{i}" for i in range(3)]
+    try:
+        await asyncio.gather(*(actors[0].simulate_job.remote(room) for room in rooms))
+        reports = await _reports(tmp_path, rooms)
+        final = await drain_actors(actors, 30)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    assert [s["state"] for s in final] == ["stopped"]
+    for report in reports:
+        assert report["transport"] == expected
+        assert report["audio_s"] > 1.0 and report["words"] == words_of(report["text"])
+    assert len({r["loop"] for r in reports}) == 3 if executor == "thread" else len({r["pid"] for r in reports}) == 3
+    async with httpx.AsyncClient(base_url=serve_url) as client:
+        for report in reports:  # each job's shutdown finalized its own session with its own client
+            assert await _status_when_final(client, report["session_id"]) == "COMPLETED"
+
+
+async def _status_when_final(client: httpx.AsyncClient, session_id: str, timeout_s: float = 30) -> str:
+    """The session's status once it is no longer ACTIVE (finalize runs as the job shuts down)."""
+    async with asyncio.timeout(timeout_s):
+        while (status := (await client.get(f"/v1/sessions/{session_id}")).json()["status"]) == "ACTIVE":  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+    return str(status)
+
+
+async def _reports(directory: Path, rooms: list[str], timeout_s: float = 180) -> list[dict[str, Any]]:
+    async with asyncio.timeout(timeout_s):
+        while not all((directory / f"{room}.json").exists() for room in rooms):  # noqa: ASYNC110 (files)
+            await asyncio.sleep(0.2)
+    return [json.loads((directory / f"{room}.json").read_text()) for room in rooms]
