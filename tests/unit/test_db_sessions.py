@@ -38,7 +38,7 @@ def store(database: Database) -> SessionStore:
 
 
 async def test_migrations_reach_head_and_match_the_models(database: Database) -> None:
-    assert await current_revision(database.engine) == "0001"
+    assert await current_revision(database.engine) == "0002"
     await database.migrate()  # a second run (another replica) is a no-op
 
     def diff(sync_conn: object) -> list[object]:
@@ -47,7 +47,7 @@ async def test_migrations_reach_head_and_match_the_models(database: Database) ->
     async with database.engine.connect() as conn:
         assert await conn.run_sync(diff) == []
         tables = await conn.run_sync(lambda c: inspect(c).get_table_names())
-    assert "voice_sessions" in tables
+    assert {"voice_sessions", "voices", "voice_embeddings"} <= set(tables)
 
 
 async def test_lifecycle_create_heartbeat_finalize(store: SessionStore) -> None:
