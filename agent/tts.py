@@ -181,7 +181,9 @@ class RouterSpeechSource:
                 handles[engine] = serve.get_deployment_handle(name, app_name=app_name)
         if not handles:
             raise RuntimeError(f"Serve app '{app_name}' has no engine deployments")
-        return cls(compose_router_from_handles(settings, handles, unavailable))
+        # The breakers follow the app's breaker board: a new conversation starts knowing what the
+        # cluster knows, and its strikes count for everyone.
+        return cls(compose_router_from_handles(settings, handles, unavailable, app_name=app_name))
 
     async def pcm(self, text: str, opts: ServeTTSOptions, timeout_s: float) -> AsyncIterator[bytes]:
         from serve_app.core.errors import AllEnginesFailed, InvalidInput

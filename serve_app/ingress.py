@@ -37,7 +37,9 @@ class Ingress:
     def __init__(self, engines: dict[str, Any], unavailable: dict[str, str] | None = None) -> None:
         configure_from_settings()
         self.settings = get_settings()
-        self.router = compose_router_from_handles(self.settings, engines, unavailable)
+        # The breakers follow this application's breaker board (one per engine for the cluster).
+        app_name = serve.get_replica_context().app_name
+        self.router = compose_router_from_handles(self.settings, engines, unavailable, app_name=app_name)
         # Spoken-form grammars load in the background, so the first request finds them ready.
         spoken.warm_up()
         logger.info("ingress ready; chain=%s", ",".join(self.router.chain))
