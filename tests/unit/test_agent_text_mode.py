@@ -1,16 +1,14 @@
 """The agent in livekit-agents' text mode: AgentSession + a scripted LLM, no LiveKit server.
 
-The LLM is a small `llm.LLM` subclass that answers from a script (livekit ships no public fake
-LLM). The session's metrics feed the UsageTracker, and the cleanup callback finalizes the
-session on the local sessions server with the usage it collected.
+The LLM answers from a script (tests/fakes/scripted_llm.py: livekit ships no public fake LLM).
+The session's metrics feed the UsageTracker, and the cleanup callback finalizes the session on
+the local sessions server with the usage it collected.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, llm
 from livekit.agents.metrics import TTSMetrics
 
 from agent.api_client import AgentApiClient, RetryPolicy
@@ -18,57 +16,12 @@ from agent.latency import LatencyMonitor
 from agent.lifecycle import SessionRegistry, make_shutdown_callback, open_session
 from agent.outbox import Outbox
 from agent.worker import VoiceAgent, build_session
+from tests.fakes.scripted_llm import ScriptedLLM
 from tests.unit import test_agent_support as support
 from tests.unit.test_agent_support import FakeSessionsServer
 
 sessions_server = support.sessions_server
 fake_api = support.fake_api
-
-
-class ScriptedLLM(llm.LLM):
-    """Replies with the next scripted answer, streamed word by word, and reports token usage."""
-
-    def __init__(self, replies: list[str]) -> None:
-        super().__init__()
-        self.replies = list(replies)
-        self.prompts: list[str] = []
-
-    @property
-    def model(self) -> str:
-        return "scripted"
-
-    def chat(
-        self,
-        *,
-        chat_ctx: llm.ChatContext,
-        tools: list[llm.Tool] | None = None,
-        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
-        **_: Any,
-    ) -> llm.LLMStream:
-        last_user = next((m.text_content for m in reversed(chat_ctx.messages()) if m.role == "user"), "")
-        self.prompts.append(last_user or "")
-        reply = self.replies.pop(0)
-        return _ScriptedStream(self, reply, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options)
-
-
-class _ScriptedStream(llm.LLMStream):
-    def __init__(self, owner: ScriptedLLM, reply: str, **kwargs: Any) -> None:
-        super().__init__(owner, **kwargs)
-        self._reply = reply
-
-    async def _run(self) -> None:
-        words = self._reply.split(" ")
-        for i, word in enumerate(words):
-            text = word if i == 0 else " " + word
-            self._event_ch.send_nowait(
-                llm.ChatChunk(id="scripted", delta=llm.ChoiceDelta(role="assistant", content=text))
-            )
-        self._event_ch.send_nowait(
-            llm.ChatChunk(
-                id="scripted",
-                usage=llm.CompletionUsage(completion_tokens=len(words), prompt_tokens=7, total_tokens=7 + len(words)),
-            )
-        )
 
 
 async def test_conversation_in_text_mode_then_cleanup_finalizes(fake_api: FakeSessionsServer, tmp_path: Path) -> None:
