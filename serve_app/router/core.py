@@ -384,6 +384,7 @@ class FallbackRouter:
     ) -> AsyncIterator[AudioChunk]:
         """Sentences in, chunks out in order; up to `lookahead` sentences ahead are synthesized."""
         self.start()
+        await self._shared.ready()  # a new router starts from the cluster's breakers (first request only)
         state = _RequestState()
         jobs: list[_SentenceJob] = []
         arrived = asyncio.Event()

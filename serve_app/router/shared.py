@@ -58,6 +58,10 @@ class BreakerSharing(Protocol):
 
     def start(self) -> None: ...
 
+    async def ready(self) -> None:
+        """Before a router's first request: wait (briefly) until it knows what the cluster knows."""
+        ...
+
     async def aclose(self) -> None: ...
 
     def strike(self, engine: str, reason: str, started_at: float, replica: str | None) -> None: ...
@@ -80,6 +84,9 @@ class LocalOnly:
         pass
 
     def start(self) -> None:
+        pass
+
+    async def ready(self) -> None:
         pass
 
     async def aclose(self) -> None:
@@ -116,9 +123,11 @@ class SharedBreakers:
         watch_timeout_s: float = 20.0,
         call_timeout_s: float = 5.0,
         max_backoff_s: float = 30.0,
+        first_sync_s: float = 0.5,
         holder: str | None = None,
     ) -> None:
         self._connect = connect
+        self._first_sync_s = first_sync_s
         self._watch_timeout_s = watch_timeout_s
         self._call_timeout_s = call_timeout_s
         self._max_backoff_s = max_backoff_s
@@ -133,6 +142,8 @@ class SharedBreakers:
         self._task: asyncio.Task[None] | None = None
         self._calls: set[asyncio.Task[Any]] = set()
         self._synced = asyncio.Event()
+        self._settled = asyncio.Event()  # synced once, or found unreachable: ready() waits no more
+        self._waited = False
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -156,6 +167,16 @@ class SharedBreakers:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._synced.wait(), timeout_s)
         return self._synced.is_set()
+
+    async def ready(self) -> None:
+        """A new router's first request waits up to `first_sync_s` for the board's state, once: a
+        conversation starts knowing which engines the cluster has found dead (no board: no wait)."""
+        if self._waited or self._settled.is_set():
+            return
+        self._waited = True
+        self.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), self._first_sync_s)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -268,6 +289,7 @@ class SharedBreakers:
 
     def _lost(self, exc: BaseException) -> None:
         self._board = None
+        self._settled.set()  # nobody waits for a board that does not answer
         if self._reachable:
             self._reachable = False
             logger.warning(
@@ -299,3 +321,4 @@ class SharedBreakers:
                 continue
             breaker.adopt(view.state, view.strikes, view.cooldown_s, view.cooldown_left_s, view.last_error)
         self._synced.set()
+        self._settled.set()
