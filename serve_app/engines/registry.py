@@ -15,17 +15,15 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from config.settings import Settings, SettingsError, load_section
+from serve_app.core.imports import import_object, is_import_path
 from serve_app.core.voices import Catalogue
 from serve_app.engines.base import Engine
 from serve_app.engines.spec import EngineContext, EngineSettings, EngineSpec
-
-_IMPORT_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 @functools.cache
@@ -98,11 +96,12 @@ def build_engine(name: str, settings: Settings) -> Engine:
 
 
 def _build_from_import_path(path: str, settings: Settings) -> Engine:
-    if not _IMPORT_SPEC.match(path):
+    if not is_import_path(path):
         raise ValueError(f"engine spec {path!r} is not of the form package.module:ClassName")
-    module_name, class_name = path.split(":", 1)
-    module = importlib.import_module(module_name)
-    cls = getattr(module, class_name, None)
+    try:
+        cls = import_object(path)
+    except AttributeError:
+        cls = None
     if not isinstance(cls, type) or not issubclass(cls, Engine):
         raise ValueError(f"{path} is not an Engine subclass")
     factory = getattr(cls, "from_settings", None)

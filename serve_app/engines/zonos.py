@@ -73,12 +73,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from config.settings import settings_config
 from serve_app.batching import Batcher, Row
 from serve_app.core.audio import SAMPLE_WIDTH, decode_audio
 from serve_app.core.errors import ServiceUnavailable
+from serve_app.core.imports import import_object, is_import_path
 from serve_app.core.voices import Catalogue, Voice, VoiceTable, is_clone_id
 from serve_app.engines.base import Engine, EngineCheck, EngineUnavailable, InvalidInput
 from serve_app.engines.spec import DeploymentDefaults, EngineContext, EngineSettings, EngineSpec
@@ -855,6 +856,10 @@ class ZonosSettings(EngineSettings):
 
     num_gpus: float | None = Field(1.0, ge=0)
     model: str = "Zyphra/Zonos-v0.1-hybrid"
+    # "package.module:callable", called as callable(device=ZONOS_DEVICE) in the replica to build the
+    # model instead of Zonos.from_pretrained(ZONOS_MODEL): weights kept elsewhere than the hub, or the
+    # small random-weight model that tests a cluster's plumbing without weights (bench.zonos_random).
+    model_factory: str | None = None
     device: str = "cuda"
     language: str = "en-us"
     speaker_audio: str | None = None
@@ -870,10 +875,29 @@ class ZonosSettings(EngineSettings):
     # Running requests without audio for this long make the health check fail (Serve replaces the replica).
     hang_timeout_s: float = Field(60.0, gt=0)
 
+    @field_validator("model_factory")
+    @classmethod
+    def _factory_is_an_import_path(cls, value: str | None) -> str | None:
+        if value is not None and not is_import_path(value):
+            raise ValueError("must be of the form package.module:callable")
+        return value
+
+
+def model_factory(path: str, device: str) -> Callable[[], Any]:
+    """ZONOS_MODEL_FACTORY as the engine's `model_factory`: imported when the replica loads, not when
+    the app is built, so the module need only exist where Zonos runs; failing to import or build it
+    makes the engine unavailable with the reason (like a failed `from_pretrained`)."""
+
+    def build() -> Any:
+        return import_object(path)(device=device)
+
+    return build
+
 
 def _build(settings: ZonosSettings, context: EngineContext) -> ZonosEngine:
     return ZonosEngine(
         model_name=settings.model,
+        model_factory=model_factory(settings.model_factory, settings.device) if settings.model_factory else None,
         device=settings.device,
         language=settings.language,
         speaker_audio=settings.speaker_audio,

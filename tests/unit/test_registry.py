@@ -69,3 +69,11 @@ def test_pinned_models_and_descriptions_come_from_the_modules() -> None:
     assert registry.pinned_models() == {"zonos-v0.1": "zonos", "edge-tts": "edge", "piper": "piper", "flite": "flite"}
     described = {d["name"]: d for d in registry.describe()}
     assert described["edge"]["word_timing"] == "exact" and described["zonos"]["speed_range"] == [0.25, 4.0]
+
+
+def test_a_zonos_model_factory_must_be_an_import_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZONOS_MODEL_FACTORY", "bench/zonos_random.py")
+    settings = load_settings(_env_file=None)
+    with pytest.raises(SettingsError) as raised:
+        registry.validate_all(settings)
+    assert "ZONOS_MODEL_FACTORY" in str(raised.value) and "package.module:callable" in str(raised.value)

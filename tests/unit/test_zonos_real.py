@@ -558,3 +558,28 @@ def test_the_double_accepts_exactly_what_the_real_library_accepts(model: Any) ->
     assert real["prepare_stacked"] == ("raises", "TypeError")
     assert real["prefill_batched_upstream"] == ("raises", "RuntimeError")
     assert real["generate_batch"] == ("value", ["_End"] * 3)
+
+
+async def test_zonos_model_factory_builds_the_model_the_deployment_loads(
+    real_zonos: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ZONOS_MODEL_FACTORY replaces `from_pretrained` in the engine the registry builds (as a replica
+    does): the small random-weight model loads on the configured device and speaks; a factory that
+    cannot be imported makes the engine unavailable with the reason instead of failing the replica."""
+    from config.settings import load_settings
+    from serve_app.engines import registry
+
+    for name, value in {"ZONOS_DEVICE": "cpu", "ZONOS_WARMUP": "false", "VOICES_BACKEND": "directory"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ZONOS_MODEL_FACTORY", "bench.zonos_random:build_model")
+    engine = registry.build_engine("zonos", load_settings(_env_file=None))
+    assert isinstance(engine, ZonosEngine)
+    await asyncio.to_thread(engine.load)
+    assert engine.loaded and (await engine.check()).available
+    assert len(audio_of(await collect(engine.synthesize("Hi.", None, language=None, speed=1.0)))) > 0
+
+    monkeypatch.setenv("ZONOS_MODEL_FACTORY", "bench.no_such_module:build_model")
+    missing = registry.build_engine("zonos", load_settings(_env_file=None))
+    await asyncio.to_thread(missing.load)
+    check = await missing.check()
+    assert not missing.loaded and not check.available and "no_such_module" in str(check.reason)
