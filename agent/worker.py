@@ -94,11 +94,18 @@ def make_llm(settings: Settings) -> Any:
 
 
 def build_session(*, llm: Any, tts: Any = None, stt: Any = None, vad: Any = None) -> AgentSession:
-    """The AgentSession; `None` components are left out (text-only sessions need only the LLM)."""
+    """The AgentSession; `None` components are left out (text-only sessions need only the LLM).
+
+    A TTS that sends word timings (ServeTTS over `websocket`/`handle`) drives the transcript:
+    livekit leaves `use_tts_aligned_transcript` off unless asked, and would then pace the LLM's
+    text by an estimated speaking rate instead of the words' real times in the audio.
+    """
     kwargs: dict[str, Any] = {"llm": llm}
     for name, value in (("tts", tts), ("stt", stt), ("vad", vad)):
         if value is not None:
             kwargs[name] = value
+    if tts is not None and tts.capabilities.aligned_transcript:
+        kwargs["use_tts_aligned_transcript"] = True
     return AgentSession(**kwargs)
 
 
