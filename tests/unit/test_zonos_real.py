@@ -580,6 +580,7 @@ async def test_zonos_model_factory_builds_the_model_the_deployment_loads(
 
     monkeypatch.setenv("ZONOS_MODEL_FACTORY", "bench.no_such_module:build_model")
     missing = registry.build_engine("zonos", load_settings(_env_file=None))
+    assert isinstance(missing, ZonosEngine)
     await asyncio.to_thread(missing.load)
     check = await missing.check()
     assert not missing.loaded and not check.available and "no_such_module" in str(check.reason)
