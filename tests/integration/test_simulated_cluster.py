@@ -6,8 +6,8 @@ through ZONOS_MODEL_FACTORY). Both are started with the `ray` CLI, each in its o
 and working directory, and stopped by killing exactly those sessions (tests/integration/local_ray.py).
 The suite's in-process cluster (tests/conftest.py) is not used; the fake Edge server is.
 
-The config is the GPU config, changed only where one machine needs it (tests/integration docstring
-of `adapted_config`). It shows, in one cluster and in order:
+The config is the GPU config, changed only where one machine needs it (see `adapted_config`). It
+shows, in one cluster and in order:
 1. deployed before any GPU node joined, the app comes up: Zonos pending, the CPU engines speaking;
 2. the GPU node joins: the Zonos replica starts there (its node id is the GPU node's), a request
    pinned to Zonos speaks, and a clone uploaded through the head's ingress is spoken by that replica
