@@ -29,7 +29,8 @@ async def speech(body: Body) -> StreamingResponse:
     async def pcm() -> AsyncIterator[bytes]:
         resampler = StreamResampler(engine.sample_rate, 24000)
         async for chunk in engine.synthesize(body.input, body.voice):
-            yield resampler.feed(chunk)
+            if isinstance(chunk, bytes) and chunk:  # word marks and the start marker carry no audio
+                yield resampler.feed(chunk)
         yield resampler.flush()
 
     return StreamingResponse(pcm(), media_type="audio/pcm")

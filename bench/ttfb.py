@@ -1,44 +1,73 @@
-"""Time to first byte and throughput through Ray Serve, against the raw flite binary, in one run.
+"""Time to first byte, throughput and CPU per request: this service against what a user would run instead.
 
-    python -m bench.ttfb [--runs 30] [--requests 300] [--concurrency 20]
+    python -m bench.ttfb [--runs 30] [--requests 300] [--concurrency 20] [--only SYSTEM,...] [--json FILE]
 
-Measures, on this machine and in this order (never concurrently, so they do not steal CPU
-from each other):
-1. the raw `flite` binary on one sentence (process start to first stdout byte, and to exit);
-2. the Serve application deployed from serve_config.yaml with the chain set to Flite only,
-   streamed `pcm` over HTTP: one sentence, and a 20-sentence input;
-3. throughput at `--concurrency` concurrent one-sentence requests, Serve against plain uvicorn
-   running the same Flite engine code (bench/plain_app.py).
-Prints medians and the ratios the foundation issue sets targets for.
+Each system runs alone on the machine, one after the other, in one run (so ratios compare like
+with like), all answering the same one-sentence request:
+1. `flite-binary`: the raw `flite` binary (process start to first stdout byte, and to exit);
+2. `uvicorn+binary x1`: plain uvicorn + FastAPI calling the flite binary per request, one worker
+   (bench/plain_binary_app.py: the simplest thing a user would write; the reference);
+3. `uvicorn+binary xN`: the same with one worker per core;
+4. `uvicorn+engine`: plain uvicorn running our Flite engine in-process (bench/plain_app.py): the
+   floor for first-byte time, as no hop can make the first chunk come sooner;
+5. `serve run`: `serve run serve_config.yaml` as shipped (only the port changed), requests pinned
+   to Flite (`engine: flite`), `pcm`;
+6. `make run`: the project's launcher (`python -m serve_app.launch`, what `make run` runs), same
+   requests.
+Per system: median first-byte time of `--runs` sequential requests; requests/s with
+`--concurrency` clients for `--requests` requests, with the first-byte p50/p95 under that load;
+and CPU milliseconds per request of every process of the system (the server, its workers and
+children, Ray's daemons and replicas), from the OS's counters, during the throughput phase.
+Prints a table and the ratios the targets are about.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
+import yaml
 
 from bench.common import Timing, free_port, median_ms, timed_post, wait_http
 
+ROOT = Path(__file__).resolve().parents[1]
 SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank."
-LONG = " ".join(f"This is sentence number {i + 1} of a longer spoken answer." for i in range(20))
+BIN = Path(sys.executable).parent
 
 
-def raw_flite(runs: int) -> tuple[list[float], list[float]]:
+@dataclass
+class Figures:
+    """What one system measured."""
+
+    name: str
+    ttfb_ms: float | None = None
+    total_ms: float | None = None
+    rps: float | None = None
+    loaded_ttfb_p50_ms: float | None = None
+    loaded_ttfb_p95_ms: float | None = None
+    cpu_ms_per_request: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def raw_flite(runs: int) -> Figures:
     """TTFB and total of the flite binary writing WAV to stdout."""
     ttfbs, totals = [], []
     for _ in range(runs):
         started = time.perf_counter()
-        proc = subprocess.Popen(
-            ["flite", "-voice", "slt", "-o", "/dev/stdout", "-t", SENTENCE], stdout=subprocess.PIPE
-        )
+        proc = subprocess.Popen(["flite", "-voice", "slt", "-o", "/dev/stdout", "-t", SENTENCE], stdout=subprocess.PIPE)
         assert proc.stdout is not None
         first = proc.stdout.read(1)
         ttfbs.append(time.perf_counter() - started)
@@ -46,62 +75,192 @@ def raw_flite(runs: int) -> tuple[list[float], list[float]]:
         proc.wait()
         totals.append(time.perf_counter() - started)
         assert first
-    return ttfbs, totals
+    return Figures("flite-binary", ttfb_ms=median_ms(ttfbs), total_ms=median_ms(totals))
 
 
-async def sequential(url: str, text: str, runs: int) -> list[Timing]:
-    body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "pcm", "engine": "flite"}
+def body(pinned: bool) -> dict[str, object]:
+    request: dict[str, object] = {"model": "tts-1", "voice": "alloy", "input": SENTENCE, "response_format": "pcm"}
+    if pinned:
+        request["engine"] = "flite"
+    return request
+
+
+async def sequential(url: str, request: dict[str, object], runs: int) -> list[Timing]:
     async with httpx.AsyncClient(timeout=60) as client:
         for _ in range(3):  # warm-up: replicas, connection, voice registration
-            await timed_post(client, url, body)
-        return [await timed_post(client, url, body) for _ in range(runs)]
+            await timed_post(client, url, request)
+        return [await timed_post(client, url, request) for _ in range(runs)]
 
 
-async def throughput(url: str, requests: int, concurrency: int) -> tuple[float, list[Timing]]:
-    body = {"model": "tts-1", "voice": "alloy", "input": SENTENCE, "response_format": "pcm"}
+async def throughput(
+    url: str, request: dict[str, object], requests: int, concurrency: int, cpu: Callable[[], float]
+) -> tuple[float, list[Timing], float]:
+    """Requests/s, the timings, and the system's CPU seconds during the measured phase."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        await asyncio.gather(*(timed_post(client, url, body) for _ in range(concurrency)))  # warm-up
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(requests):
-            queue.put_nowait(i)
+        await asyncio.gather(*(timed_post(client, url, request) for _ in range(concurrency)))  # warm-up
+        remaining = requests
         results: list[Timing] = []
 
         async def worker() -> None:
-            while not queue.empty():
-                queue.get_nowait()
-                results.append(await timed_post(client, url, body))
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                results.append(await timed_post(client, url, request))
 
+        cpu_before = cpu()
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return requests / elapsed, results
+        cpu_used = cpu() - cpu_before
+    return requests / elapsed, results, cpu_used
 
 
-def start_serve() -> tuple[str, object]:
-    """A private Ray cluster with serve_config.yaml deployed, Flite-only chain."""
-    os.environ.update({"TTS_ENGINE_CHAIN": "flite", "ENV": "development", "LOG_LEVEL": "WARNING"})
-    os.environ.setdefault("DATABASE_URL", "sqlite+aiosqlite:////tmp/bench-ttfb-sessions.db")
-    import ray
+def tree_cpu(pid: int) -> Callable[[], float]:
+    """CPU seconds so far of `pid` and all its descendants, including their waited-for children
+    (flite processes a server ran and reaped). Processes that ended unwaited are not seen."""
+    seen: dict[int, float] = {}
 
-    from serve_app.launch import apply_cluster_environment, deploy_config, load_config
+    def read() -> float:
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            procs = []
+        for proc in procs:
+            try:
+                t = proc.cpu_times()
+                seen[proc.pid] = t.user + t.system + t.children_user + t.children_system
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return sum(seen.values())
 
-    apply_cluster_environment()
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    url = deploy_config(load_config(port=free_port(), host="127.0.0.1"))
-    wait_http(f"{url}/health")
-    return url, ray
+    return read
 
 
-def start_uvicorn() -> tuple[str, subprocess.Popen[bytes]]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "bench.plain_app:app", "--port", str(port), "--log-level", "warning"],
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/docs")
-    return url, proc
+def percentile_ms(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT to the system's process group (Ctrl-C), then SIGKILL what is left after 60 s."""
+    with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def measure(
+    name: str, argv: list[str], url: str, health: str, args: argparse.Namespace, *, pinned: bool, env: dict[str, str]
+) -> Figures:
+    """Start one system in its own process group, measure it, stop it."""
+    print(f"[{name}] starting", flush=True)
+    log = Path(tempfile.mkdtemp(prefix="bench-ttfb-")) / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    figures = Figures(name)
+    try:
+        wait_http(f"{url}{health}", timeout_s=300)
+        speech = f"{url}/v1/audio/speech"
+        request = body(pinned)
+        print(f"[{name}] {args.runs} sequential requests", flush=True)
+        one = asyncio.run(sequential(speech, request, args.runs))
+        print(f"[{name}] {args.requests} requests, {args.concurrency} at a time", flush=True)
+        load = throughput(speech, request, args.requests, args.concurrency, tree_cpu(proc.pid))
+        rps, loaded, cpu_s = asyncio.run(load)
+        figures.ttfb_ms = median_ms([t.ttfb_s for t in one])
+        figures.total_ms = median_ms([t.total_s for t in one])
+        figures.rps = round(rps, 1)
+        figures.loaded_ttfb_p50_ms = percentile_ms([t.ttfb_s for t in loaded], 0.5)
+        figures.loaded_ttfb_p95_ms = percentile_ms([t.ttfb_s for t in loaded], 0.95)
+        figures.cpu_ms_per_request = round(cpu_s * 1000 / args.requests, 1)
+    except Exception as exc:  # a system that fails to start or serve is reported, not fatal
+        figures.notes.append(f"failed: {type(exc).__name__}: {str(exc)[:200]} (log: {log})")
+    finally:
+        stop(proc)
+    return figures
+
+
+def serve_run_config(port: int) -> Path:
+    """serve_config.yaml as shipped, with only the HTTP port changed (8000 may be taken)."""
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["http_options"]["port"] = port
+    config["http_options"]["host"] = "127.0.0.1"
+    path = Path(tempfile.mkdtemp(prefix="bench-ttfb-")) / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment a user has: none of ours (no .env), RAY_ADDRESS unset (a private cluster)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TTS_", "FLITE_", "EDGE_"))}
+    env.update({"ENV_FILE": "/nonexistent/.env", "LOG_LEVEL": "WARNING", **extra})
+    env.setdefault("DATABASE_URL", "sqlite+aiosqlite:////tmp/bench-ttfb-sessions.db")
+    return env
+
+
+def systems(args: argparse.Namespace) -> list[Figures]:
+    cores = os.cpu_count() or 1
+    uvicorn = [str(BIN / "uvicorn"), "--log-level", "warning", "--host", "127.0.0.1"]
+    chosen = set(args.only.split(",")) if args.only else None
+    out: list[Figures] = []
+
+    def wanted(name: str) -> bool:
+        return chosen is None or name in chosen
+
+    if wanted("flite-binary"):
+        print("[flite-binary] raw binary", flush=True)
+        out.append(raw_flite(args.runs))
+    for workers in (1, cores):
+        name = f"uvicorn+binary x{workers}"
+        if wanted(name) or wanted("uvicorn+binary"):
+            port = free_port()
+            argv = [*uvicorn, "--loop", "asyncio", "--port", str(port), "--workers", str(workers),
+                    "bench.plain_binary_app:app"]
+            out.append(measure(name, argv, f"http://127.0.0.1:{port}", "/docs", args, pinned=False, env=clean_env()))
+    if wanted("uvicorn+engine"):
+        port = free_port()
+        argv = [*uvicorn, "--port", str(port), "bench.plain_app:app"]
+        out.append(measure("uvicorn+engine", argv, f"http://127.0.0.1:{port}", "/docs", args, pinned=False,
+                           env=clean_env()))
+    if wanted("serve run"):
+        port = free_port()
+        argv = [str(BIN / "serve"), "run", "--address", "local", str(serve_run_config(port))]
+        out.append(measure("serve run", argv, f"http://127.0.0.1:{port}", "/health", args, pinned=True,
+                           env=clean_env()))
+    if wanted("make run"):
+        port = free_port()
+        argv = [sys.executable, "-m", "serve_app.launch", "--config", str(ROOT / "serve_config.yaml"),
+                "--port", str(port), "--host", "127.0.0.1"]
+        out.append(measure("make run", argv, f"http://127.0.0.1:{port}", "/health", args, pinned=True,
+                           env=clean_env()))
+    return out
+
+
+def ratios(figures: list[Figures]) -> dict[str, float]:
+    by = {f.name: f for f in figures}
+    reference = by.get("uvicorn+binary x1")
+    floor = by.get("uvicorn+engine")
+    out: dict[str, float] = {}
+    for ours in ("serve run", "make run"):
+        mine = by.get(ours)
+        if mine is None or mine.rps is None:
+            continue
+        key = ours.replace(" ", "_")
+        if reference and reference.rps:
+            out[f"{key}_rps_vs_uvicorn_binary"] = round(mine.rps / reference.rps, 3)
+            if reference.cpu_ms_per_request and mine.cpu_ms_per_request:
+                out[f"{key}_cpu_per_request_vs_uvicorn_binary"] = round(
+                    mine.cpu_ms_per_request / reference.cpu_ms_per_request, 3
+                )
+            if reference.ttfb_ms and mine.ttfb_ms:
+                out[f"{key}_ttfb_vs_uvicorn_binary"] = round(mine.ttfb_ms / reference.ttfb_ms, 3)
+        if floor and floor.ttfb_ms and mine.ttfb_ms:
+            out[f"{key}_ttfb_vs_in_process_engine"] = round(mine.ttfb_ms / floor.ttfb_ms, 3)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,59 +268,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--only", default="", help="comma-separated system names (default: all)")
     parser.add_argument("--json", type=str, default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
-
-    print(f"[1/4] raw flite binary x{args.runs}", flush=True)
-    raw_ttfb, raw_total = raw_flite(args.runs)
-
-    print("[2/4] plain uvicorn baseline", flush=True)
-    plain_url, plain_proc = start_uvicorn()
-    try:
-        plain_one = asyncio.run(sequential(f"{plain_url}/v1/audio/speech", SENTENCE, args.runs))
-        plain_rps, _ = asyncio.run(throughput(f"{plain_url}/v1/audio/speech", args.requests, args.concurrency))
-    finally:
-        plain_proc.terminate()
-        plain_proc.wait()
-
-    print("[3/4] starting Ray Serve (serve_config.yaml, chain=flite)", flush=True)
-    url, ray = start_serve()
-    try:
-        print(f"[4/4] measuring through Serve at {url}", flush=True)
-        speech = f"{url}/v1/audio/speech"
-        one = asyncio.run(sequential(speech, SENTENCE, args.runs))
-        long = asyncio.run(sequential(speech, LONG, max(5, args.runs // 3)))
-        serve_rps, serve_conc = asyncio.run(throughput(speech, args.requests, args.concurrency))
-    finally:
-        ray.shutdown()  # type: ignore[attr-defined]
-
-    figures = {
-        "raw_flite_ttfb_ms": median_ms(raw_ttfb),
-        "raw_flite_total_ms": median_ms(raw_total),
-        "plain_uvicorn_ttfb_ms": median_ms([t.ttfb_s for t in plain_one]),
-        "serve_ttfb_1_sentence_ms": median_ms([t.ttfb_s for t in one]),
-        "serve_total_1_sentence_ms": median_ms([t.total_s for t in one]),
-        "serve_ttfb_20_sentences_ms": median_ms([t.ttfb_s for t in long]),
-        "serve_total_20_sentences_ms": median_ms([t.total_s for t in long]),
-        "serve_rps": round(serve_rps, 1),
-        "plain_uvicorn_rps": round(plain_rps, 1),
-        "serve_concurrent_ttfb_p50_ms": median_ms([t.ttfb_s for t in serve_conc]),
-    }
-    figures["ratio_serve_vs_raw_ttfb"] = round(figures["serve_ttfb_1_sentence_ms"] / figures["raw_flite_ttfb_ms"], 3)
-    figures["ratio_serve_vs_raw_total"] = round(figures["serve_total_1_sentence_ms"] / figures["raw_flite_total_ms"], 3)
-    figures["ratio_20_vs_1_sentence_ttfb"] = round(
-        figures["serve_ttfb_20_sentences_ms"] / figures["serve_ttfb_1_sentence_ms"], 3
-    )
-    figures["ratio_throughput_serve_vs_uvicorn"] = round(serve_rps / plain_rps, 3)
+    figures = systems(args)
     print()
-    width = max(len(k) for k in figures)
-    for key, value in figures.items():
-        print(f"{key:<{width}}  {value}")
+    columns = ("ttfb ms", "total ms", "req/s", "p50 ms", "p95 ms", "cpu ms/req")
+    print(f"{'system':<20} " + " ".join(f"{c:>10}" for c in columns))
+    for f in figures:
+        cells = [f.ttfb_ms, f.total_ms, f.rps, f.loaded_ttfb_p50_ms, f.loaded_ttfb_p95_ms, f.cpu_ms_per_request]
+        print(f"{f.name:<20} " + " ".join(f"{'-' if c is None else f'{c:g}':>10}" for c in cells))
+        for note in f.notes:
+            print(f"    {note}")
+    found = ratios(figures)
     print()
-    print("targets: ratio_serve_vs_raw_ttfb <= 1.3, ratio_20_vs_1_sentence_ttfb <= 1.5, "
-          "ratio_throughput_serve_vs_uvicorn >= 0.9")
+    for key, value in found.items():
+        print(f"{key:<45} {value}")
+    print("\ntargets: *_rps_vs_uvicorn_binary >= 1.0, *_ttfb_vs_in_process_engine <= 1.3, "
+          "*_cpu_per_request_vs_uvicorn_binary <= 1.0")
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2))
+        Path(args.json).write_text(json.dumps({"systems": [f.__dict__ for f in figures], "ratios": found}, indent=2))
     return 0
 
 

@@ -36,6 +36,7 @@ from config.settings import get_settings
 from serve_app.core.errors import EngineBusy, EngineUnavailable, InvalidInput, reason_of
 from serve_app.core.replica import FailureStreak, ReplicaTag
 from serve_app.core.timing import WordMark
+from serve_app.core.wire import pack
 from serve_app.engines.base import Engine
 from serve_app.engines.registry import build_engine
 
@@ -68,12 +69,11 @@ class EngineHost:
         instructions: str | None = None,
         tag_replica: bool = False,
     ) -> AsyncIterator[bytes | WordMark | ReplicaTag]:
-        """The engine's stream: PCM chunks and, from engines with alignment, `WordMark`s (pickled)."""
-        if tag_replica and self.replica is not None:
-            yield ReplicaTag(self.replica)
+        """The engine's stream: PCM chunks and, from engines with alignment, `WordMark`s (pickled),
+        grouped into fewer messages by `serve_app.core.wire.pack` (the caller unpacks)."""
         try:
-            async for item in self._stream(text, voice, language, speed, instructions):
-                yield item
+            async for message in pack(self._stream(text, voice, language, speed, instructions, tag_replica)):
+                yield message
         except (InvalidInput, EngineBusy):
             raise  # the caller's mistake, a full queue: nothing wrong with this replica
         except Exception as exc:  # cancellation (BaseException) is the caller's choice and not counted
@@ -82,8 +82,16 @@ class EngineHost:
         self.failures.succeeded()
 
     async def _stream(
-        self, text: str, voice: str | None, language: str | None, speed: float, instructions: str | None
-    ) -> AsyncIterator[bytes | WordMark]:
+        self,
+        text: str,
+        voice: str | None,
+        language: str | None,
+        speed: float,
+        instructions: str | None,
+        tag_replica: bool,
+    ) -> AsyncIterator[bytes | WordMark | ReplicaTag]:
+        if tag_replica and self.replica is not None:
+            yield ReplicaTag(self.replica)
         if instructions is not None and self.engine.accepts_instructions:
             stream = self.engine.synthesize(  # type: ignore[call-arg]
                 text, voice, language=language, speed=speed, instructions=instructions

@@ -8,6 +8,11 @@ Two backends with the same output:
   as the value of `-t`, so a text starting with `-` is spoken, never parsed as an option.
 `auto` (the default) prefers the library and falls back to the binary.
 
+A replica uses every core: while libflite speaks one text, up to `FLITE_OVERFLOW_PROCESSES`
+further requests run the binary at once (one process each, as a plain server calling flite
+would), so synthesis is never limited to one core by the library's lock. Overflow requests get
+estimated word timings (below).
+
 Word timing: the library backend reads each word's start and end from the utterance flite builds
 (its Segment relation carries end times, set by the duration model before any audio is made), at
 the first audio callback, and yields them as `WordMark`s ahead of the audio; they are exact for
@@ -22,6 +27,7 @@ import ctypes
 import ctypes.util
 import io
 import logging
+import os
 import shutil
 import threading
 import wave
@@ -75,6 +81,10 @@ class FliteSettings(EngineSettings):
     binary: str = "flite"
     default_voice: str = "slt"
     backend: str = Field("auto", pattern="^(auto|library|binary)$")
+    # libflite speaks one text at a time per process; while it is busy, up to this many more
+    # requests run the flite binary at once (one process each), so a replica uses every core.
+    # Empty: one per CPU core of the machine; 0: requests wait for libflite instead.
+    overflow_processes: int | None = Field(None, ge=0)
 
 
 class _CstWave(ctypes.Structure):
@@ -107,7 +117,7 @@ _STREAM_CALLBACK = ctypes.CFUNCTYPE(
 )
 _STREAM_CONTINUE, _STREAM_STOP = 0, -1
 _STREAM_MIN_SAMPLES = 2048  # ~128 ms at 16 kHz: the first chunk leaves long before the sentence ends
-_LATER_CHUNK_SECONDS = 1.0
+_LATER_CHUNK_SECONDS = 2.0  # later chunks: big, as each is a message through Serve
 _DONE = object()
 # Paths from a Word item to the segments around it (flite's feature-path language, as in `flite -ps`).
 _WORD_START = b"R:SylStructure.daughter1.daughter1.R:Segment.p.end"
@@ -163,6 +173,11 @@ class FliteLibrary:
         self._voices: dict[str, Any] = {}
         self._lock = threading.Lock()
 
+
+    @property
+    def busy(self) -> bool:
+        """A synthesis holds libflite now: a new one would wait for it."""
+        return self._lock.locked()
     def _voice(self, voice: str) -> Any:
         if voice not in self._voices:
             stem = FLITE_VOICE_LIBRARIES[voice]
@@ -320,23 +335,41 @@ class FliteBinary:
 
     async def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[FlitePiece]:
         yield STARTED  # one process per request: nothing to queue behind
-        proc = await asyncio.create_subprocess_exec(
-            *self.argv(text, voice, speed),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        out, err, code = await self._run(self.argv(text, voice, speed))
+        if code != 0 or len(out) < 44:
+            raise EngineUnavailable(f"flite exited {code}: {err.decode(errors='replace')[:200]}")
+        with wave.open(io.BytesIO(out)) as wav:
+            yield wav.getframerate(), wav.readframes(wav.getnframes())
+
+    @staticmethod
+    async def _run(argv: list[str]) -> tuple[bytes, bytes, int | None]:
+        """Run flite with a real pipe as its stdout: flite opens `/dev/stdout` by name, which
+        fails on the socket pairs some event loops (uvloop, in Serve replicas) give children."""
+        loop = asyncio.get_running_loop()
+        read_fd, write_fd = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=write_fd, stderr=asyncio.subprocess.PIPE
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
         )
         try:
-            out, err = await proc.communicate()
+            out, (_, err) = await asyncio.gather(reader.read(), proc.communicate())
+            return out, err or b"", proc.returncode
         except asyncio.CancelledError:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
             raise
-        if proc.returncode != 0 or len(out) < 44:
-            raise EngineUnavailable(f"flite exited {proc.returncode}: {err.decode(errors='replace')[:200]}")
-        with wave.open(io.BytesIO(out)) as wav:
-            yield wav.getframerate(), wav.readframes(wav.getnframes())
+        finally:
+            transport.close()
 
 
 class FliteEngine(Engine):
@@ -353,11 +386,15 @@ class FliteEngine(Engine):
         default_voice: str = "slt",
         backend: str = "auto",
         catalogue: Catalogue | None = None,
+        overflow_processes: int = 0,
     ) -> None:
         self.catalogue = catalogue or Catalogue({self.name: VOICES})
         self.default_voice = default_voice
         self._problem: str | None = None
         self._backend: FliteBackend | None = None
+        self._overflow: FliteBinary | None = None
+        self._overflow_limit = overflow_processes
+        self._overflow_active = 0
         errors: list[str] = []
         if backend in ("auto", "library"):
             try:
@@ -374,6 +411,11 @@ class FliteEngine(Engine):
             logger.warning("flite unavailable: %s", self._problem)
         else:
             logger.debug("flite backend: %s", self._backend.kind)
+        if isinstance(self._backend, FliteLibrary) and overflow_processes > 0:
+            try:
+                self._overflow = FliteBinary(binary)
+            except FileNotFoundError:
+                logger.info("flite binary not found: requests wait for libflite when it is busy")
 
     @property
     def backend(self) -> str | None:
@@ -387,7 +429,23 @@ class FliteEngine(Engine):
     async def check(self) -> EngineCheck:
         if self._backend is None:
             return EngineCheck(self.name, False, self._problem)
-        return EngineCheck(self.name, True, None, {"backend": self._backend.kind})
+        details: dict[str, Any] = {"backend": self._backend.kind}
+        if self._overflow is not None:
+            details["overflow_processes"] = {"limit": self._overflow_limit, "running": self._overflow_active}
+        return EngineCheck(self.name, True, None, details)
+
+    def _pick(self) -> tuple[FliteBackend, bool]:
+        """libflite unless it is busy and an overflow process is free; (backend, is overflow)."""
+        assert self._backend is not None
+        library = self._backend
+        if (
+            self._overflow is not None
+            and isinstance(library, FliteLibrary)
+            and library.busy
+            and self._overflow_active < self._overflow_limit
+        ):
+            return self._overflow, True
+        return library, False
 
     async def synthesize(
         self, text: str, voice: str | None = None, *, language: str | None = None, speed: float = 1.0
@@ -399,17 +457,22 @@ class FliteEngine(Engine):
         # Lengths only: per-sentence excerpts would add up to the whole user text in a DEBUG log.
         logger.debug("flite synthesize voice=%s chars=%d", chosen, len(text))
         resampler: StreamResampler | None = None
-        async for piece in self._backend.stream(text, chosen, speed):
-            if isinstance(piece, WordMark | bytes):
-                yield piece  # word marks are seconds, the same at any rate; `STARTED` is the start
-                continue
-            rate, pcm = piece
-            if rate != self.sample_rate:
-                # kal is an 8 kHz voice: resample here so the engine keeps one advertised rate.
-                resampler = resampler or StreamResampler(rate, self.sample_rate)
-                pcm = resampler.feed(pcm)
-            if pcm:
-                yield pcm
+        backend, overflow = self._pick()
+        self._overflow_active += overflow
+        try:
+            async for piece in backend.stream(text, chosen, speed):
+                if isinstance(piece, WordMark | bytes):
+                    yield piece  # word marks are seconds, the same at any rate; `STARTED` is the start
+                    continue
+                rate, pcm = piece
+                if rate != self.sample_rate:
+                    # kal is an 8 kHz voice: resample here so the engine keeps one advertised rate.
+                    resampler = resampler or StreamResampler(rate, self.sample_rate)
+                    pcm = resampler.feed(pcm)
+                if pcm:
+                    yield pcm
+        finally:
+            self._overflow_active -= overflow
         if resampler is not None:
             tail = resampler.flush()
             if tail:
@@ -417,11 +480,13 @@ class FliteEngine(Engine):
 
 
 def _build(settings: FliteSettings, context: EngineContext) -> FliteEngine:
+    overflow = settings.overflow_processes
     return FliteEngine(
         binary=settings.binary,
         default_voice=settings.default_voice,
         backend=settings.backend,
         catalogue=context.catalogue,
+        overflow_processes=(os.cpu_count() or 1) if overflow is None else overflow,
     )
 
 

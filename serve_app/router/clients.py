@@ -17,6 +17,7 @@ from serve_app.core.errors import EngineBusy, EngineUnavailable
 from serve_app.core.replica import ReplicaTag
 from serve_app.core.timing import WordMark
 from serve_app.core.voices import Voice
+from serve_app.core.wire import unpack
 from serve_app.engines.base import Engine, EngineCheck
 
 
@@ -106,8 +107,9 @@ class HandleEngineClient:
         finished = False
         try:
             try:
-                async for chunk in generator:
-                    yield chunk
+                async for message in generator:
+                    for item in unpack(message):  # the host sends what came together as one message
+                        yield item
             except BackPressureError as exc:
                 # Serve's queue for this engine is full: busy, not broken (never a strike).
                 raise EngineBusy(f"{self.name}: Serve's queue for this engine is full ({exc})") from None

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from serve_app.core.audio import pcm_duration, rms_level
+from serve_app.core.timing import WordMark
 from serve_app.engines import registry
 from serve_app.engines.base import EngineUnavailable, InvalidInput
 from serve_app.engines.flite import FliteBinary, FliteEngine
@@ -95,3 +96,27 @@ async def test_missing_flite_is_reported_not_raised() -> None:
     assert not check.available and "not found" in (check.reason or "")
     with pytest.raises(EngineUnavailable):
         await collect(engine, "hello")
+
+
+async def test_while_libflite_is_busy_a_second_request_runs_the_binary_at_once() -> None:
+    engine = FliteEngine(backend="library", overflow_processes=1)
+    first = engine.synthesize(LONG * 30)  # seconds of work for libflite
+    assert await first.__anext__() == b""  # libflite is this one's now
+    second = [c async for c in engine.synthesize("Spoken by the flite binary meanwhile.")]
+    assert b"".join(c for c in second if isinstance(c, bytes))  # did not wait for the first one
+    assert not any(isinstance(c, WordMark) for c in second)  # the binary has no word marks
+    check = await engine.check()
+    assert check.details and check.details["overflow_processes"] == {"limit": 1, "running": 0}
+    rest = [c async for c in first]
+    assert any(isinstance(c, WordMark) for c in rest)  # libflite's request kept its word marks
+
+
+def test_the_binary_speaks_under_uvloop_as_in_a_serve_replica() -> None:
+    """uvloop gives children socket pairs, and flite cannot open a socket as `/dev/stdout`."""
+    import uvloop
+
+    async def speak() -> bytes:
+        pieces = [p async for p in FliteBinary("flite").stream("Hello from a replica.", "slt", 1.0)]
+        return b"".join(p[1] for p in pieces if isinstance(p, tuple))
+
+    assert len(uvloop.run(speak())) > 16000

@@ -15,6 +15,7 @@ import pytest
 from config.settings import get_settings
 from serve_app.core.errors import EngineUnavailable
 from serve_app.core.replica import FailureStreak, ReplicaTag
+from serve_app.core.wire import unpack
 from serve_app.deployments import EngineHost
 from tests.fakes.faulty import FaultPlan, FaultyEngine, LocalControl
 
@@ -32,7 +33,7 @@ def host_with(control: LocalControl) -> EngineHost:
 
 
 async def speak(host: EngineHost, text: str = "Hello there.") -> list[object]:
-    return [item async for item in host.synthesize(text, None, None, 1.0)]
+    return [item async for message in host.synthesize(text, None, None, 1.0) for item in unpack(message)]
 
 
 async def fails(host: EngineHost, text: str = "Hello there.") -> BaseException:

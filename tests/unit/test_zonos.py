@@ -369,7 +369,10 @@ async def test_batching_host_loads_warms_up_and_streams(tmp_path: Path, zonos_do
     assert status["available"] and status["details"]["loaded"]
     assert status["details"]["batching"]["batches"] == 1  # the warm-up ran before any request
     assert host.info()["sample_rate"] == SAMPLE_RATE and host.info()["voices"][0]["id"] == "default"
-    chunks = [c async for c in host.synthesize("Hosted and batched.", "alloy", None, 1.0)]
+    from serve_app.core.wire import unpack
+
+    messages = [m async for m in host.synthesize("Hosted and batched.", "alloy", None, 1.0)]
+    chunks = [item for message in messages for item in unpack(message)]
     assert chunks[0] == b"" and rms_level(b"".join(chunks)) > 1000
     await host.check_health()
     with pytest.raises(TypeError, match="is not an Engine"):
