@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     done, elapsed = result["done"], result["elapsed"]
     per_group: Counter[str] = Counter()
     for pid, (name, cpu) in after.items():
-        if pid == me:
-            continue
+        if pid == me or name.startswith("py-spy"):
+            continue  # the load generator is reported apart; the profiler is not the service
         per_group[group(name)] += cpu - before.get(pid, (name, 0.0))[1]
     client_cpu = (client_after.user + client_after.system) - (client_before.user + client_before.system)
     cpu_table = {k: round(v * 1000 / max(done, 1), 2) for k, v in per_group.most_common()}

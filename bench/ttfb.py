@@ -41,7 +41,7 @@ import httpx
 import psutil
 import yaml
 
-from bench.common import Timing, free_port, median_ms, timed_post, wait_http
+from bench.common import Timing, free_port, median_ms, timed_post
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank."
@@ -163,7 +163,7 @@ def measure(
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     figures = Figures(name)
     try:
-        wait_http(f"{url}{health}", timeout_s=300)
+        wait_ok(f"{url}{health}", timeout_s=300)
         speech = f"{url}/v1/audio/speech"
         request = body(pinned)
         print(f"[{name}] {args.runs} sequential requests", flush=True)
@@ -182,6 +182,17 @@ def measure(
     finally:
         stop(proc)
     return figures
+
+
+def wait_ok(url: str, timeout_s: float) -> None:
+    """Until `url` answers 200: Serve's proxy answers 404 before the application is deployed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout_s:.0f}s")
 
 
 def serve_run_config(port: int) -> Path:
@@ -206,6 +217,7 @@ def systems(args: argparse.Namespace) -> list[Figures]:
     cores = os.cpu_count() or 1
     uvicorn = [str(BIN / "uvicorn"), "--log-level", "warning", "--host", "127.0.0.1"]
     chosen = set(args.only.split(",")) if args.only else None
+    ours = dict(item.split("=", 1) for item in args.set)
     out: list[Figures] = []
 
     def wanted(name: str) -> bool:
@@ -230,13 +242,13 @@ def systems(args: argparse.Namespace) -> list[Figures]:
         port = free_port()
         argv = [str(BIN / "serve"), "run", "--address", "local", str(serve_run_config(port))]
         out.append(measure("serve run", argv, f"http://127.0.0.1:{port}", "/health", args, pinned=True,
-                           env=clean_env()))
+                           env=clean_env(**ours)))
     if wanted("make run"):
         port = free_port()
         argv = [sys.executable, "-m", "serve_app.launch", "--config", str(ROOT / "serve_config.yaml"),
                 "--port", str(port), "--host", "127.0.0.1"]
         out.append(measure("make run", argv, f"http://127.0.0.1:{port}", "/health", args, pinned=True,
-                           env=clean_env()))
+                           env=clean_env(**ours)))
     return out
 
 
@@ -270,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--only", default="", help="comma-separated system names (default: all)")
     parser.add_argument("--json", type=str, default=None, help="also write the figures to this file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for this service's runs (e.g. FLITE_OVERFLOW_PROCESSES=0)")
     args = parser.parse_args(argv)
     figures = systems(args)
     print()

@@ -89,6 +89,8 @@ class Database:
                 await conn.execute(text("SELECT 1"))
         except DatabaseUnavailable as exc:
             error = str(exc)[:300]
+        except Exception as exc:  # the server answers, with an error (a missing database): not ready either
+            error = f"{type(exc).__name__}: {str(exc)[:240]}"
         report: dict[str, Any] = {
             "ok": error is None,
             "backend": self.backend,

@@ -172,6 +172,19 @@ async def test_unreachable_database_fails_fast_and_health_reports_it(tmp_path: P
         await db.dispose()
 
 
+async def test_health_reports_a_database_that_does_not_exist_instead_of_raising() -> None:
+    # The server answers, with an error: the probe must say "not ok", never raise (a 500).
+    settings = load_settings(
+        _env_file=None, database_url="postgresql+asyncpg://postgres@127.0.0.1:5432/tts_no_such_database_here"
+    )
+    db = Database(settings)
+    try:
+        report = await db.health()
+        assert report["ok"] is False and "tts_no_such_database_here" in report["error"]
+    finally:
+        await db.dispose()
+
+
 async def test_create_with_an_idempotency_key_returns_the_first_session(store: SessionStore) -> None:
     first, replayed = await store.create(room="idem", participant="p", idempotency_key="key-1")
     assert not replayed
