@@ -75,6 +75,7 @@ class LoadConfig:
     app_name: str = "tts"
     ray_address: str | None = None
     quiet: bool = False
+    unloaded_samples: int = 10  # sequential utterances before the load: the reference first-byte time
 
     def effective_ramp_up(self) -> float:
         """Sessions start spread over this many seconds (a burst of 100 creates is not a call centre)."""
@@ -106,6 +107,7 @@ class RunData:
     warmup_t: float | None
     load_end_t: float
     host: dict[str, Any]
+    unloaded_ttfb_s: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -318,6 +320,18 @@ def _memory_section(
     return section
 
 
+async def _unloaded_ttfb(http: httpx.AsyncClient, config: LoadConfig) -> list[float]:
+    """First-byte times of utterances spoken one at a time, before any load (kept apart from the run's)."""
+    alone = ServiceClient(http, Recorder(), voice=config.voice, model=config.model)
+    times: list[float] = []
+    for i in range(config.unloaded_samples):
+        call = await alone.speak(config.utterances[i % len(config.utterances)], None)
+        if call.ok and call.ttfb_s is not None:
+            times.append(call.ttfb_s)
+    _log(config, f"unloaded: first byte p50 {latency_summary(times)['p50']} ms over {len(times)} utterances")
+    return times
+
+
 async def run_load(config: LoadConfig, control: RunControl | None = None) -> LoadResult:
     """Run the whole test and write the report; the CLI and the CI test both call this."""
     recorder = Recorder()
@@ -336,6 +350,7 @@ async def run_load(config: LoadConfig, control: RunControl | None = None) -> Loa
             raise ConnectionError(f"{config.url}/health did not answer: {exc}") from exc
         client = ServiceClient(http, recorder, voice=config.voice, model=config.model)
         engines = await _engines(http)
+        unloaded = await _unloaded_ttfb(http, config)
         pool_start = await client.pool_status()
         timeline = Timeline(locator, recorder, config.sample_interval_s)
         await timeline.sample()
@@ -384,6 +399,7 @@ async def run_load(config: LoadConfig, control: RunControl | None = None) -> Loa
         pool_waited_s=pool_waited,
         warmup_t=warmup_t,
         load_end_t=load_end_t,
+        unloaded_ttfb_s=unloaded,
         host={
             "cpus": os.cpu_count(),
             "load_avg_1m_start": round(load_avg_start, 2),
@@ -407,6 +423,8 @@ def _finish(
     )
     completed = sum(1 for status in run.statuses.values() if status == "COMPLETED")
     checked_out = int(run.pool_end["checked_out"]) if run.pool_end and "checked_out" in run.pool_end else None
+    loaded = latency_summary([t for _, t in ok_ttfb])
+    unloaded = latency_summary(run.unloaded_ttfb_s)
     verdict = evaluate(
         errors=recorder.errors,
         sessions_created=len(run.statuses),
@@ -417,6 +435,8 @@ def _finish(
         pool_checked_out=checked_out,
         thresholds=config.thresholds,
         requests_after_warmup=memory["requests_after_warmup"],
+        ttfb_p95_ms=loaded["p95"],
+        unloaded_ttfb_p50_ms=unloaded["p50"],
     )
     if memory["available"] and not memory["warmup_reached"]:
         verdict.warnings.append(memory["reason"])
@@ -442,8 +462,12 @@ def _finish(
         "requests": request_counts(recorder.calls),
         "errors": {"total": recorder.errors, "samples": recorder.error_samples},
         "ttfb_ms": {
-            "all": latency_summary([t for _, t in ok_ttfb]),
+            "all": loaded,
             "by_engine": summaries_by(ok_ttfb),
+            "unloaded": unloaded,
+            "p95_vs_unloaded_p50": (
+                round(loaded["p95"] / unloaded["p50"], 2) if loaded["p95"] and unloaded["p50"] else None
+            ),
         },
         "sessions": {
             "requested": config.sessions,
@@ -491,6 +515,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"COMPLETED {report['sessions']['completed']}",
         f"ttfb all p50 {ttfb['all']['p50']} ms p95 {ttfb['all']['p95']} ms p99 {ttfb['all']['p99']} ms",
     ]
+    if "unloaded" in ttfb:
+        unloaded, ratio = ttfb["unloaded"]["p50"], ttfb["p95_vs_unloaded_p50"]
+        lines.append(f"ttfb unloaded p50 {unloaded} ms; loaded p95 = {ratio}x that")
     lines += [
         f"ttfb {engine} p50 {s['p50']} p95 {s['p95']} p99 {s['p99']} ms (n={s['count']})"
         for engine, s in ttfb["by_engine"].items()
@@ -547,6 +574,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1000,
         help="utterances after warm-up needed before memory growth is judged (shorter runs only warn)",
     )
+    p.add_argument(
+        "--max-ttfb-factor",
+        type=float,
+        default=5.0,
+        help="loaded p95 time to first byte at most this many times the unloaded p50 (0: not judged)",
+    )
     p.add_argument("--sample-interval", type=float, default=2.0, help="seconds between memory samples")
     p.add_argument("--progress-interval", type=float, default=5.0)
     p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
@@ -585,7 +618,9 @@ def config_from_args(args: argparse.Namespace, url: str) -> LoadConfig:
         ramp_up_s=args.ramp_up,
         warmup_requests=args.warmup_requests,
         thresholds=Thresholds(
-            max_memory_growth_pct=args.max_memory_growth, min_requests_after_warmup=args.min_leak_requests
+            max_memory_growth_pct=args.max_memory_growth,
+            min_requests_after_warmup=args.min_leak_requests,
+            max_ttfb_p95_factor=args.max_ttfb_factor or None,
         ),
         sample_interval_s=args.sample_interval,
         progress_interval_s=args.progress_interval,

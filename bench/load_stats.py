@@ -83,6 +83,8 @@ class Thresholds:
     max_memory_growth_pct: float = 5.0
     max_pool_checked_out: int = 0
     min_requests_after_warmup: int = 1000
+    # Loaded p95 time to first byte at most this many times the unloaded p50 (None: not judged).
+    max_ttfb_p95_factor: float | None = 5.0
 
 
 @dataclass
@@ -107,6 +109,8 @@ def evaluate(
     pool_checked_out: int | None,
     thresholds: Thresholds,
     requests_after_warmup: int | None = None,
+    ttfb_p95_ms: float | None = None,
+    unloaded_ttfb_p50_ms: float | None = None,
 ) -> Verdict:
     """The run's verdict. Any failed request, any session not COMPLETED, or a leak fails it.
 
@@ -136,6 +140,15 @@ def evaluate(
         failures.append(
             f"replica memory grew {memory_growth_pct:.2f}% after warm-up (limit {thresholds.max_memory_growth_pct:g}%)"
         )
+    factor = thresholds.max_ttfb_p95_factor
+    if factor is not None:
+        if ttfb_p95_ms is None or not unloaded_ttfb_p50_ms:
+            warnings.append("time to first byte not judged: no loaded p95 or no unloaded p50")
+        elif ttfb_p95_ms > factor * unloaded_ttfb_p50_ms:
+            failures.append(
+                f"p95 time to first byte {ttfb_p95_ms:g} ms is {ttfb_p95_ms / unloaded_ttfb_p50_ms:.1f}x the unloaded "
+                f"p50 {unloaded_ttfb_p50_ms:g} ms (limit {factor:g}x)"
+            )
     if pool_checked_out is None:
         failures.append("database pool state unknown at the end (/health/db did not answer)")
     elif pool_checked_out > thresholds.max_pool_checked_out:

@@ -17,6 +17,7 @@ import pytest
 
 from bench.load import EXIT_OK, LoadConfig, run_load
 from bench.load_session import Pace
+from bench.load_stats import Thresholds
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,6 +35,10 @@ async def test_twenty_sessions_for_twenty_seconds(serve_url: str, tmp_path: Path
         warmup_requests=20,
         sample_interval_s=1.0,
         quiet=True,
+        # The first-byte ratio is the 100-session benchmark's judgement on a quiet machine; this
+        # run shares CI's two cores with the test process, so it only checks the figures exist.
+        thresholds=Thresholds(max_ttfb_p95_factor=None),
+        unloaded_samples=3,
     )
     result = await run_load(config)
     report = result.report
@@ -49,6 +54,7 @@ async def test_twenty_sessions_for_twenty_seconds(serve_url: str, tmp_path: Path
     assert speech["failed"] == 0 and speech["ok"] >= 20
     assert set(report["ttfb_ms"]["by_engine"]) <= {"zonos", "edge", "piper", "flite"}
     assert report["ttfb_ms"]["all"]["count"] == speech["ok"]
+    assert report["ttfb_ms"]["unloaded"]["count"] == 3 and report["ttfb_ms"]["p95_vs_unloaded_p50"] > 0
 
     memory = report["memory"]
     assert memory["available"] and memory["warmup_reached"]

@@ -63,6 +63,8 @@ def _verdict(**overrides: object) -> object:
         "memory_reason": None,
         "pool_checked_out": 0,
         "thresholds": Thresholds(max_memory_growth_pct=5.0),
+        "ttfb_p95_ms": 120.0,
+        "unloaded_ttfb_p50_ms": 40.0,
     }
     args.update(overrides)
     return evaluate(**args)  # type: ignore[arg-type]
@@ -133,3 +135,18 @@ def test_memory_growth_is_only_judged_over_enough_requests() -> None:
     assert "over only 358 requests" in short.warnings[0]
     long = _verdict(memory_growth_pct=9.0, requests_after_warmup=9000)
     assert long.leak and not long.passed
+
+
+def test_loaded_first_byte_is_judged_against_the_unloaded_p50() -> None:
+    within = _verdict(ttfb_p95_ms=190.0, unloaded_ttfb_p50_ms=40.0)
+    assert within.passed  # type: ignore[attr-defined]
+    slow = _verdict(ttfb_p95_ms=1176.0, unloaded_ttfb_p50_ms=40.0)
+    assert not slow.passed  # type: ignore[attr-defined]
+    assert any("29.4x the unloaded p50 40 ms (limit 5x)" in f for f in slow.failures)  # type: ignore[attr-defined]
+    unmeasured = _verdict(ttfb_p95_ms=1176.0, unloaded_ttfb_p50_ms=None)
+    assert unmeasured.passed and any("not judged" in w for w in unmeasured.warnings)  # type: ignore[attr-defined]
+    off = _verdict(
+        ttfb_p95_ms=1176.0, unloaded_ttfb_p50_ms=40.0,
+        thresholds=Thresholds(max_memory_growth_pct=5.0, max_ttfb_p95_factor=None),
+    )
+    assert off.passed and not off.warnings  # type: ignore[attr-defined]
