@@ -46,7 +46,7 @@ from livekit.agents import (
 )
 from livekit.agents.types import TimedString
 
-from agent.turns import RealtimeTurn, RouterTurn, SpeechTurn, TurnWord
+from agent.turns import RealtimeTurn, RouterTurn, SpeechTurn, TurnWord, livekit_errors
 from config.logging import truncate
 from config.settings import Settings
 
@@ -186,7 +186,6 @@ class RouterSpeechSource:
         return cls(compose_router_from_handles(settings, handles, unavailable, app_name=app_name))
 
     async def pcm(self, text: str, opts: ServeTTSOptions, timeout_s: float) -> AsyncIterator[bytes]:
-        from serve_app.core.errors import AllEnginesFailed, InvalidInput
         from serve_app.router import SpeechRequest
 
         request = SpeechRequest(
@@ -195,16 +194,9 @@ class RouterSpeechSource:
         )
         stream = self.router.synthesize(request)
         try:
-            async for chunk in stream:
-                yield chunk.pcm
-        except InvalidInput as exc:
-            raise APIError(f"invalid speech request: {str(exc)[:200]}", retryable=False) from exc
-        except AllEnginesFailed as exc:
-            raise APIStatusError(str(exc)[:300], status_code=503, retryable=True) from exc
-        except APIError:
-            raise
-        except Exception as exc:  # a replica died, a handle failed: the connection to Serve broke
-            raise APIConnectionError(f"router failed: {type(exc).__name__}") from exc
+            with livekit_errors():
+                async for chunk in stream:
+                    yield chunk.pcm
         finally:
             with contextlib.suppress(Exception):
                 await stream.aclose()

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,6 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from config.logging import truncate
+from serve_app.core.errors import AllEnginesFailed, InvalidInput
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +233,23 @@ class RealtimeTurn:
             raise _closed_error(exc) from exc
 
 
+@contextlib.contextmanager
+def livekit_errors() -> Iterator[None]:
+    """The in-cluster router's errors as livekit's, so its retry and fallback logic applies: the
+    caller's mistakes are not retried, no engine left is a retryable 503, anything else is a broken
+    connection to Serve (a replica died, a handle failed)."""
+    try:
+        yield
+    except InvalidInput as exc:
+        raise APIError(f"invalid speech request: {str(exc)[:200]}", retryable=False) from exc
+    except AllEnginesFailed as exc:
+        raise APIStatusError(str(exc)[:300], status_code=503, retryable=True) from exc
+    except APIError:
+        raise
+    except Exception as exc:
+        raise APIConnectionError(f"router failed: {type(exc).__name__}") from exc
+
+
 def _closed_error(exc: ConnectionClosed) -> APIError:
     code = exc.rcvd.code if exc.rcvd is not None else None
     status = _CLOSE_STATUS.get(code) if code is not None else None
@@ -261,7 +279,6 @@ class RouterTurn:
         self._stream: Any = None
 
     async def append(self, text: str) -> None:
-        from serve_app.core.errors import InvalidInput
 
         try:
             self._queue(self._buffer.append(text))
@@ -284,23 +301,14 @@ class RouterTurn:
             yield sentence
 
     async def events(self) -> AsyncIterator[TurnEvent]:
-        from serve_app.core.errors import AllEnginesFailed, InvalidInput
 
         self._stream = self._router.stream(self._request, self._iterate())
-        try:
+        with livekit_errors():
             async for chunk in self._stream:
                 if chunk.pcm:
                     yield chunk.pcm
                 for word in chunk.words:
                     yield TurnWord(word.word, word.start_s, word.end_s)
-        except InvalidInput as exc:
-            raise APIError(f"invalid speech request: {str(exc)[:200]}", retryable=False) from exc
-        except AllEnginesFailed as exc:
-            raise APIStatusError(str(exc)[:300], status_code=503, retryable=True) from exc
-        except APIError:
-            raise
-        except Exception as exc:  # a replica died, a handle failed: the connection to Serve broke
-            raise APIConnectionError(f"router failed: {type(exc).__name__}") from exc
 
     async def cancel(self) -> bool:
         """Closing the router stream cancels every sentence in flight (and the replicas' generators)."""

@@ -27,10 +27,8 @@ class Body(BaseModel):
 
 @app.post("/v1/audio/speech")
 async def speech(body: Body) -> Response:
-    proc = await asyncio.create_subprocess_exec(
-        "flite", "-voice", "slt", "-o", "/dev/stdout", "-t", body.input,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
+    argv = ["flite", "-voice", "slt", "-o", "/dev/stdout", "-t", body.input]
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     wav, err = await proc.communicate()
     if proc.returncode != 0:
         return Response(err[:200], status_code=500)

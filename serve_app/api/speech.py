@@ -189,115 +189,98 @@ async def create_speech(
         first.engine, body.response_format, body.stream_format or "audio", ttfb_s * 1000, truncate(body.input),
     )
     headers = {"X-TTS-Engine": first.engine, "X-Sample-Rate": str(rate), "Cache-Control": "no-store"}
+    delivery = _Delivery(first, rest, encoder, body, usage, started, ttfb_s)
     if sse:
         return StreamingResponse(
-            _events(first, rest, encoder, body, usage, started, ttfb_s),
+            _events(delivery),
             media_type="text/event-stream",
             headers={**headers, "X-Accel-Buffering": "no", "X-Audio-Content-Type": encoder.content_type},
         )
-    return StreamingResponse(
-        _encode(first, rest, encoder, body, usage, started, ttfb_s), media_type=encoder.content_type, headers=headers
-    )
+    return StreamingResponse(_encode(delivery), media_type=encoder.content_type, headers=headers)
 
 
-async def _encode(
-    first: AudioChunk,
-    rest: AsyncIterator[AudioChunk],
-    encoder: StreamEncoder,
-    body: SpeechBody,
-    usage: UsageRecorder | None,
-    started: float,
-    ttfb_s: float,
-) -> AsyncIterator[bytes]:
-    """Encode and send; at the end, add this request to its session's usage (time to first byte
-    as the router delivered it, audio seconds, chunks per engine)."""
-    pcm_bytes = 0
-    engines: dict[str, int] = {}
-    ok = False
-    try:
-        chunk: AudioChunk | None = first
+class _Delivery:
+    """One response's audio on its way out: encoded as it comes, counted, and at the end added to
+    its session's usage (time to first byte as the router delivered it, audio seconds, chunks per
+    engine). Both body formats (raw audio, SSE events) send through it."""
+
+    def __init__(
+        self,
+        first: AudioChunk,
+        rest: AsyncIterator[AudioChunk],
+        encoder: StreamEncoder,
+        body: SpeechBody,
+        usage: UsageRecorder | None,
+        started: float,
+        ttfb_s: float,
+    ) -> None:
+        self.first, self.rest, self.encoder = first, rest, encoder
+        self.body, self.usage, self.started, self.ttfb_s = body, usage, started, ttfb_s
+        self.pcm_bytes = 0
+        self.engines: dict[str, int] = {}
+        self.ok = False
+
+    @property
+    def seconds(self) -> float:
+        return self.pcm_bytes / (2 * self.encoder.sample_rate)
+
+    async def encoded(self) -> AsyncIterator[tuple[bytes, tuple[WordMark, ...]]]:
+        """(encoded bytes, words the chunk completes) per chunk, then the encoder's tail."""
+        chunk: AudioChunk | None = self.first
         while chunk is not None:
-            pcm_bytes += len(chunk.pcm)
+            self.pcm_bytes += len(chunk.pcm)
             if chunk.pcm:
-                engines[chunk.engine] = engines.get(chunk.engine, 0) + 1
-            data = encoder.feed(chunk.pcm)
-            if data:
-                yield data
-            try:
-                chunk = await rest.__anext__()
-            except StopAsyncIteration:
-                chunk = None
-        tail = encoder.finish()
-        if tail:
-            yield tail
-        ok = True
-    except AllEnginesFailed as exc:
-        # Headers are gone: all we can do is end the stream early and say so in the log.
-        logger.error("speech stream aborted after %d bytes: %s", pcm_bytes, str(exc)[:300])
-        raise
-    finally:
-        encoder.close()
+                self.engines[chunk.engine] = self.engines.get(chunk.engine, 0) + 1
+            yield self.encoder.feed(chunk.pcm), chunk.words
+            chunk = await anext(self.rest, None)
+        yield self.encoder.finish(), ()
+
+    async def close(self) -> None:
+        self.encoder.close()
         with contextlib.suppress(Exception):
-            await rest.aclose()  # type: ignore[attr-defined]
-        if usage is not None and body.session_id:
+            await self.rest.aclose()  # type: ignore[attr-defined]
+        if self.usage is not None and self.body.session_id:
             with contextlib.suppress(Exception):
-                await usage(
-                    body.session_id, characters=len(body.input), audio_seconds=pcm_bytes / (2 * encoder.sample_rate),
-                    engines=engines, ttfb_s=ttfb_s, ok=ok, elapsed_s=time.perf_counter() - started,
+                await self.usage(
+                    self.body.session_id, characters=len(self.body.input), audio_seconds=self.seconds,
+                    engines=self.engines, ttfb_s=self.ttfb_s, ok=self.ok, elapsed_s=time.perf_counter() - self.started,
                 )
 
 
-async def _events(
-    first: AudioChunk,
-    rest: AsyncIterator[AudioChunk],
-    encoder: StreamEncoder,
-    body: SpeechBody,
-    usage: UsageRecorder | None,
-    started: float,
-    ttfb_s: float,
-) -> AsyncIterator[bytes]:
-    """The SSE body: audio deltas (and words) as made, then `speech.audio.done`, or an `error` event."""
-    pcm_bytes = 0
-    engines: dict[str, int] = {}
-    ok = False
+async def _encode(delivery: _Delivery) -> AsyncIterator[bytes]:
+    """The raw audio body."""
     try:
-        chunk: AudioChunk | None = first
-        while chunk is not None:
-            pcm_bytes += len(chunk.pcm)
-            if chunk.pcm:
-                engines[chunk.engine] = engines.get(chunk.engine, 0) + 1
-            data = encoder.feed(chunk.pcm)
+        async for data, _ in delivery.encoded():
+            if data:
+                yield data
+        delivery.ok = True
+    except AllEnginesFailed as exc:
+        # Headers are gone: all we can do is end the stream early and say so in the log.
+        logger.error("speech stream aborted after %d bytes: %s", delivery.pcm_bytes, str(exc)[:300])
+        raise
+    finally:
+        await delivery.close()
+
+
+async def _events(delivery: _Delivery) -> AsyncIterator[bytes]:
+    """The SSE body: audio deltas (and words) as made, then `speech.audio.done`, or an `error` event."""
+    try:
+        async for data, words in delivery.encoded():
             if data:
                 yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
-            for word in chunk.words:
+            for word in words:
                 yield _sse(word_event(word))
-            try:
-                chunk = await rest.__anext__()
-            except StopAsyncIteration:
-                chunk = None
-        tail = encoder.finish()
-        if tail:
-            yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(tail).decode()})
-        seconds = pcm_bytes / (2 * encoder.sample_rate)
-        yield _sse({"type": "speech.audio.done", "usage": usage_of(len(body.input), seconds)})
-        ok = True
+        yield _sse({"type": "speech.audio.done", "usage": usage_of(len(delivery.body.input), delivery.seconds)})
+        delivery.ok = True
     except ServiceError as exc:
         # The stream has started: the error travels in-band, and the stream ends cleanly after it.
-        logger.error("speech events ended after %d bytes: %s", pcm_bytes, str(exc)[:300])
+        logger.error("speech events ended after %d bytes: %s", delivery.pcm_bytes, str(exc)[:300])
         yield _sse({"type": "error", **error_body(exc)})
     except Exception as exc:
         logger.exception("speech events failed: %s", type(exc).__name__)
         yield _sse({"type": "error", **error_body(ServiceError("internal error"))})
     finally:
-        encoder.close()
-        with contextlib.suppress(Exception):
-            await rest.aclose()  # type: ignore[attr-defined]
-        if usage is not None and body.session_id:
-            with contextlib.suppress(Exception):
-                await usage(
-                    body.session_id, characters=len(body.input), audio_seconds=pcm_bytes / (2 * encoder.sample_rate),
-                    engines=engines, ttfb_s=ttfb_s, ok=ok, elapsed_s=time.perf_counter() - started,
-                )
+        await delivery.close()
 
 
 @router.get("/v1/audio/voices")

@@ -762,8 +762,7 @@ class ZonosEngine(Engine):
             raise InvalidInput("text is empty", param="input")
         if not any(ch.isalnum() for ch in text):
             raise InvalidInput("the text has nothing speakable in it", param="input")
-        if not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]:
-            raise InvalidInput(f"speed must be between {SPEED_RANGE[0]} and {SPEED_RANGE[1]}", param="speed")
+        self.check_speed(speed, SPEED_RANGE)
         if not self._ready:
             await asyncio.to_thread(self.load)
         if not self._ready:

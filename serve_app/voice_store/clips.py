@@ -12,6 +12,7 @@ every lookup, so an id can never name a path or object key outside the store.
 from __future__ import annotations
 
 import io
+import json
 import secrets
 import time
 import wave
@@ -57,6 +58,16 @@ class StoredVoice:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> StoredVoice:
         return cls(**{k: record[k] for k in cls.__dataclass_fields__})
+
+    @classmethod
+    def parse(cls, data: bytes | None) -> StoredVoice | None:
+        """A record stored as JSON; None when missing or unreadable (a half-written or foreign file)."""
+        if data is None:
+            return None
+        try:
+            return cls.from_record(json.loads(data))
+        except (ValueError, KeyError, TypeError):
+            return None
 
 
 def valid_id(voice_id: str) -> bool:

@@ -60,13 +60,7 @@ class DirectoryBackend:
         _write_atomic(self._meta(voice.id), json.dumps(voice.record()).encode())
 
     def _get(self, voice_id: str) -> StoredVoice | None:
-        data = _read(self._meta(voice_id))
-        if data is None:
-            return None
-        try:
-            return StoredVoice.from_record(json.loads(data))
-        except (ValueError, KeyError, TypeError):
-            return None
+        return StoredVoice.parse(_read(self._meta(voice_id)))
 
     def _ids(self) -> list[str]:
         if not self.root.is_dir():

@@ -111,13 +111,7 @@ class S3Backend:
         await self._call("put_object", Key=self._key(voice.id, ".json"), Body=record, ContentType="application/json")
 
     async def get(self, voice_id: str) -> StoredVoice | None:
-        data = await self._read(self._key(voice_id, ".json"))
-        if data is None:
-            return None
-        try:
-            return StoredVoice.from_record(json.loads(data))
-        except (ValueError, KeyError, TypeError):
-            return None
+        return StoredVoice.parse(await self._read(self._key(voice_id, ".json")))
 
     async def list(self) -> list[StoredVoice]:
         limit = asyncio.Semaphore(_LIST_CONCURRENCY)

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from serve_app.core.replica import ReplicaTag
+from serve_app.core.wire import unpack
 from tests.fakes import faulty
 
 pytestmark = pytest.mark.integration
@@ -169,7 +170,7 @@ async def test_a_replica_that_keeps_failing_fails_its_health_check_and_is_replac
 
     async def call(text: str) -> tuple[str, BaseException | None]:
         stream = handle.options(stream=True).synthesize.remote(text, None, None, 1.0, tag_replica=True)
-        tag = await asyncio.wait_for(stream.__anext__(), 30)
+        tag = unpack(await asyncio.wait_for(stream.__anext__(), 30))[0]  # the first item of the first message
         assert isinstance(tag, ReplicaTag)
         try:
             async for _ in stream:

@@ -39,8 +39,7 @@ import yaml
 from serve_app.core.audio import wav_header
 from serve_app.launch import CLUSTER_ENVIRONMENT, free_port, wait_http
 from tests.integration.local_ray import RayCluster
-from tests.support import PG_ADMIN_DSN
-from tests.unit.test_zonos_real import _real_zonos_importable
+from tests.support import PG_ADMIN_DSN, require_real_zonos
 
 if TYPE_CHECKING:
     from tests.fakes.edge_server import FakeEdgeServer
@@ -201,12 +200,7 @@ def database_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def cluster(database_url: str, edge_server: FakeEdgeServer) -> Iterator[SimulatedCluster]:
-    problem = _real_zonos_importable()
-    if problem is not None:
-        message = f"the real zonos package is not importable ({problem}); run `make install-zonos`"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_real_zonos()
     # Short, so Ray's unix sockets under the nodes' temp dirs stay within 107 bytes (pytest's are too deep).
     root = Path(tempfile.mkdtemp(prefix="simcl-", dir="/tmp"))
     port = free_port()

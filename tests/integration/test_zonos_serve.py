@@ -24,7 +24,7 @@ import pytest
 
 from serve_app.engines.base import InvalidInput
 from serve_app.engines.zonos import ZonosRequest, token_budget
-from tests.unit.test_zonos_real import _real_zonos_importable
+from tests.support import require_real_zonos
 
 pytestmark = pytest.mark.integration
 
@@ -34,14 +34,8 @@ FRAME_BYTES = 512 * 2
 
 @pytest.fixture(scope="module")
 def host(serve_port: int) -> Iterator[Any]:
-    import os
 
-    problem = _real_zonos_importable()
-    if problem is not None:
-        message = f"the real zonos package is not importable ({problem}); run `make install-zonos`"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_real_zonos()
     from ray import serve
 
     from bench.zonos_random import small_engine
@@ -118,8 +112,7 @@ def cloning_host(serve_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
     """The real small Zonos with upstream's speaker network, its clones read from the store its own
     settings name (VOICES_BACKEND=database: the sessions database the ingress writes), and a VOICES_DIR
     of its own that nothing shares."""
-    if _real_zonos_importable() is not None:
-        pytest.skip("the real zonos package is not importable; run `make install-zonos`")
+    require_real_zonos()
     from ray import serve
 
     from bench.zonos_random import small_engine

@@ -5,22 +5,15 @@ from __future__ import annotations
 import pytest
 
 from serve_app.core.breaker import BreakerConfig, BreakerState, CircuitBreaker
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import ManualClock
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
-def make(clock: FakeClock, changes: list[tuple[str, str]] | None = None) -> CircuitBreaker:
+def make(clock: ManualClock, changes: list[tuple[str, str]] | None = None) -> CircuitBreaker:
     def listener(old: BreakerState, new: BreakerState) -> None:
         if changes is not None:
             changes.append((old.value, new.value))
@@ -28,7 +21,7 @@ def make(clock: FakeClock, changes: list[tuple[str, str]] | None = None) -> Circ
     return CircuitBreaker(BreakerConfig(max_strikes=3, cooldown_s=1.0, max_cooldown_s=4.0), clock, listener)
 
 
-def test_opens_after_three_consecutive_strikes(clock: FakeClock) -> None:
+def test_opens_after_three_consecutive_strikes(clock: ManualClock) -> None:
     breaker = make(clock)
     assert breaker.record_strike("a") is False
     assert breaker.record_strike("b") is False
@@ -40,7 +33,7 @@ def test_opens_after_three_consecutive_strikes(clock: FakeClock) -> None:
     assert breaker.cooldown_left == pytest.approx(1.0)
 
 
-def test_success_resets_strikes_so_only_consecutive_ones_count(clock: FakeClock) -> None:
+def test_success_resets_strikes_so_only_consecutive_ones_count(clock: ManualClock) -> None:
     breaker = make(clock)
     breaker.record_strike("a")
     breaker.record_strike("b")
@@ -51,7 +44,7 @@ def test_success_resets_strikes_so_only_consecutive_ones_count(clock: FakeClock)
     assert breaker.strikes == 2
 
 
-def test_probe_only_after_cooldown_and_only_once(clock: FakeClock) -> None:
+def test_probe_only_after_cooldown_and_only_once(clock: ManualClock) -> None:
     breaker = make(clock)
     for _ in range(3):
         breaker.record_strike("x")
@@ -65,7 +58,7 @@ def test_probe_only_after_cooldown_and_only_once(clock: FakeClock) -> None:
     assert breaker.begin_probe() is False  # one probe at a time
 
 
-def test_probe_success_closes(clock: FakeClock) -> None:
+def test_probe_success_closes(clock: ManualClock) -> None:
     changes: list[tuple[str, str]] = []
     breaker = make(clock, changes)
     for _ in range(3):
@@ -78,7 +71,7 @@ def test_probe_success_closes(clock: FakeClock) -> None:
     assert changes == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
 
 
-def test_failed_probes_double_the_cooldown_up_to_the_cap(clock: FakeClock) -> None:
+def test_failed_probes_double_the_cooldown_up_to_the_cap(clock: ManualClock) -> None:
     breaker = make(clock)
     for _ in range(3):
         breaker.record_strike("x")
@@ -94,7 +87,7 @@ def test_failed_probes_double_the_cooldown_up_to_the_cap(clock: FakeClock) -> No
     assert breaker.last_error == "still down"
 
 
-def test_flapping_engine_backs_off_until_real_traffic_succeeds(clock: FakeClock) -> None:
+def test_flapping_engine_backs_off_until_real_traffic_succeeds(clock: ManualClock) -> None:
     breaker = make(clock)
     for _ in range(3):
         breaker.record_strike("x")
@@ -113,7 +106,7 @@ def test_flapping_engine_backs_off_until_real_traffic_succeeds(clock: FakeClock)
     assert breaker.current_cooldown == 1.0
 
 
-def test_stale_strikes_from_requests_started_before_opening_do_not_count(clock: FakeClock) -> None:
+def test_stale_strikes_from_requests_started_before_opening_do_not_count(clock: ManualClock) -> None:
     breaker = make(clock)
     started = breaker.now()
     clock.now += 0.1
@@ -129,7 +122,7 @@ def test_stale_strikes_from_requests_started_before_opening_do_not_count(clock: 
     assert breaker.state is BreakerState.CLOSED
 
 
-def test_stale_success_does_not_close_an_open_breaker(clock: FakeClock) -> None:
+def test_stale_success_does_not_close_an_open_breaker(clock: ManualClock) -> None:
     breaker = make(clock)
     started = breaker.now()
     clock.now += 0.1
@@ -141,7 +134,7 @@ def test_stale_success_does_not_close_an_open_breaker(clock: FakeClock) -> None:
     assert breaker.state is BreakerState.CLOSED
 
 
-def test_strikes_while_open_do_not_extend_the_cooldown(clock: FakeClock) -> None:
+def test_strikes_while_open_do_not_extend_the_cooldown(clock: ManualClock) -> None:
     breaker = make(clock)
     for _ in range(3):
         breaker.record_strike("x")
@@ -150,7 +143,7 @@ def test_strikes_while_open_do_not_extend_the_cooldown(clock: FakeClock) -> None
     assert breaker.cooldown_left == pytest.approx(0.5)
 
 
-def test_probe_due_one_shot_and_strike_in_half_open_reopens(clock: FakeClock) -> None:
+def test_probe_due_one_shot_and_strike_in_half_open_reopens(clock: ManualClock) -> None:
     """The database guard's protocol: probe_due() then real traffic decides."""
     breaker = make(clock)
     for _ in range(3):
@@ -163,7 +156,7 @@ def test_probe_due_one_shot_and_strike_in_half_open_reopens(clock: FakeClock) ->
     assert breaker.current_cooldown == 2.0
 
 
-def test_force_open_and_snapshot(clock: FakeClock) -> None:
+def test_force_open_and_snapshot(clock: ManualClock) -> None:
     breaker = make(clock)
     breaker.force_open("not deployed")
     snap = breaker.snapshot()

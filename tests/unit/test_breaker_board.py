@@ -12,23 +12,16 @@ import pytest
 
 from serve_app.core.breaker import BreakerConfig, BreakerState
 from serve_app.core.breaker_board import BreakerBoard
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import ManualClock
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
-def board(clock: Clock) -> BreakerBoard:
+def board(clock: ManualClock) -> BreakerBoard:
     return BreakerBoard(BreakerConfig(max_strikes=3, cooldown_s=5.0, max_cooldown_s=40.0), probe_lease_s=10.0,
                         clock=clock)
 
@@ -54,7 +47,7 @@ async def test_a_success_anywhere_resets_the_count(board: BreakerBoard) -> None:
     assert view.state is BreakerState.CLOSED and view.strikes == 1
 
 
-async def test_verdicts_of_attempts_from_an_older_epoch_are_stale(board: BreakerBoard, clock: Clock) -> None:
+async def test_verdicts_of_attempts_from_an_older_epoch_are_stale(board: BreakerBoard, clock: ManualClock) -> None:
     for _ in range(3):
         await board.strike("zonos", "down", 0)
     # In flight when it opened: a late strike neither counts nor doubles anything; a late success
@@ -69,7 +62,7 @@ async def test_verdicts_of_attempts_from_an_older_epoch_are_stale(board: Breaker
     assert view.state is BreakerState.CLOSED and view.strikes == 0 and view.epoch == 2
 
 
-async def test_one_probe_lease_at_a_time_and_its_verdict_is_everyones(board: BreakerBoard, clock: Clock) -> None:
+async def test_one_probe_lease_at_a_time_and_its_verdict_is_everyones(board: BreakerBoard, clock: ManualClock) -> None:
     for _ in range(3):
         await board.strike("zonos", "down", 0)
     granted, _ = await board.acquire_probe("zonos", "router-a")
@@ -86,7 +79,7 @@ async def test_one_probe_lease_at_a_time_and_its_verdict_is_everyones(board: Bre
     assert view.state is BreakerState.CLOSED and view.prober is None and view.probes == 1
 
 
-async def test_a_failed_probe_reopens_with_a_longer_cooldown(board: BreakerBoard, clock: Clock) -> None:
+async def test_a_failed_probe_reopens_with_a_longer_cooldown(board: BreakerBoard, clock: ManualClock) -> None:
     for _ in range(3):
         await board.strike("zonos", "down", 0)
     clock.now += 5.0
@@ -96,7 +89,7 @@ async def test_a_failed_probe_reopens_with_a_longer_cooldown(board: BreakerBoard
 
 
 async def test_an_expired_lease_counts_as_a_failed_probe_and_frees_the_engine(
-    board: BreakerBoard, clock: Clock
+    board: BreakerBoard, clock: ManualClock
 ) -> None:
     for _ in range(3):
         await board.strike("zonos", "down", 0)

@@ -12,14 +12,7 @@ from fastapi.responses import StreamingResponse
 from serve_app.api.middleware import InFlightCounter
 from serve_app.drain.coordinator import DrainTally
 from serve_app.drain.replica import DrainWatcher, ReplicaDrain
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import ManualClock
 
 
 @pytest.fixture
@@ -34,7 +27,7 @@ def test_not_drained_until_requested() -> None:
 
 
 def test_drained_needs_every_replica_to_count_with_the_flag_set() -> None:
-    tally = DrainTally(clock=Clock())
+    tally = DrainTally(clock=ManualClock())
     assert tally.report("r1", 0, acked=False) is False
     tally.request_drain()
     # r1's last count was made before it knew: a request admitted meanwhile would be missing.
@@ -46,7 +39,7 @@ def test_drained_needs_every_replica_to_count_with_the_flag_set() -> None:
 
 
 def test_counts_add_up_over_replicas() -> None:
-    tally = DrainTally(clock=Clock())
+    tally = DrainTally(clock=ManualClock())
     tally.request_drain()
     tally.report("r1", 1, acked=True)
     tally.report("r2", 3, acked=True)
@@ -59,7 +52,7 @@ def test_counts_add_up_over_replicas() -> None:
 
 
 def test_a_dead_replicas_count_expires() -> None:
-    clock = Clock()
+    clock = ManualClock()
     tally = DrainTally(stale_after_s=5.0, clock=clock)
     tally.request_drain()
     tally.report("dead", 3, acked=True)

@@ -7,18 +7,11 @@ import signal
 import pytest
 
 from serve_app.launch import SAME_STOP_WINDOW_S, ForcedExit, ShutdownSignals
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import ManualClock
 
 
 def test_the_same_stop_delivered_twice_is_one_stop() -> None:
-    clock = Clock()
+    clock = ManualClock(50)
     signals = ShutdownSignals(clock=clock)
     signals._handle(signal.SIGTERM, None)
     clock.now += 0.01  # make forwards the group's SIGTERM to its child a moment later
@@ -27,7 +20,7 @@ def test_the_same_stop_delivered_twice_is_one_stop() -> None:
 
 
 def test_a_later_signal_forces_the_exit_with_its_number() -> None:
-    clock = Clock()
+    clock = ManualClock(50)
     signals = ShutdownSignals(clock=clock)
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:

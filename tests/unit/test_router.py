@@ -8,7 +8,7 @@ Timeouts and cooldowns are a few hundred milliseconds; no test asserts on wall-c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -28,6 +28,7 @@ from tests.fakes.faulty import (
     full_samples,
     token_for,
 )
+from tests.support import eventually
 
 CHAIN = ("zonos", "edge", "flite")
 FULL = full_samples()
@@ -61,14 +62,6 @@ async def rig() -> AsyncIterator[Rig]:
     made = Rig()
     yield made
     await made.router.aclose()
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 TEXT = "One apple. Two pears. Three plums. Four figs. Five limes."

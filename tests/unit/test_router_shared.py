@@ -8,7 +8,6 @@ count strikes and probes where they happen.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -20,6 +19,7 @@ from serve_app.router import FallbackRouter, RouterConfig, SpeechRequest
 from serve_app.router.clients import EngineClient, LocalEngineClient
 from serve_app.router.shared import BoardApi, SharedBreakers
 from tests.fakes.faulty import SAMPLE_RATE, FaultPlan, FaultyEngine, LocalControl, decode_runs
+from tests.support import eventually
 
 CHAIN = ("zonos", "flite")
 CONFIG = RouterConfig(chain=CHAIN, cooldown_s=0.3, max_cooldown_s=1.2, ttfb_timeout_s=0.5, stall_timeout_s=0.5)
@@ -71,14 +71,6 @@ async def cluster() -> AsyncIterator[Cluster]:
 async def speak(router: FallbackRouter, text: str) -> list[int]:
     pcm, _ = await router.speak(SpeechRequest(text, sample_rate=SAMPLE_RATE, normalize=False))
     return [run.code for run in decode_runs(pcm)]
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_strikes_from_both_routers_open_the_engine_for_both_and_one_probe_closes_it(

@@ -27,20 +27,10 @@ from serve_app.launch import free_port
 from serve_app.voice_store import MAX_SECONDS, VoiceBackend, VoiceLimitReached, VoiceStore, VoiceStoreUnavailable
 from serve_app.voice_store.directory import DirectoryBackend
 from serve_app.voice_store.s3 import S3Backend
-from tests.support import PG_ADMIN_DSN, throwaway_database
+from tests.support import PG_ADMIN_DSN, ManualClock, throwaway_database
 
 BACKENDS = ("directory", "sqlite", "postgresql", "s3")
 KEY = "zonos:Zyphra/Zonos-v0.1-hybrid"
-
-
-class Clock:
-    """A clock the test moves, for the existence cache."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +93,7 @@ async def storage(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> 
 @pytest.fixture(params=BACKENDS)
 async def replicas(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Callable[..., VoiceStore]]:
     """`replicas(**options)`: a VoiceStore over another backend on the same storage each call."""
-    clock = Clock()
+    clock = ManualClock(1000)
     async with storage(request.param, tmp_path, request) as make:
 
         def replica(**options: Any) -> VoiceStore:

@@ -34,22 +34,17 @@ from serve_app.engines.zonos import (
 )
 from serve_app.voice_store import VoiceStore
 from serve_app.voice_store.directory import DirectoryBackend
+from tests.support import FAKES, forget_zonos
 
-FAKES = Path(__file__).resolve().parents[1] / "fakes"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _forget_zonos() -> None:
-    for name in [m for m in sys.modules if m == "zonos" or m.startswith("zonos.")]:
-        del sys.modules[name]
 
 
 @pytest.fixture
 def zonos_double(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    _forget_zonos()
+    forget_zonos()
     monkeypatch.syspath_prepend(str(FAKES))
     yield
-    _forget_zonos()
+    forget_zonos()
 
 
 def tone_wav(path: Path, hz: float, seconds: float = 2.0, rate: int = 16000) -> Path:
@@ -118,12 +113,12 @@ async def test_check_recognises_the_pypi_placeholder(tmp_path: Path, monkeypatch
     placeholder = tmp_path / "site" / "zonos"
     placeholder.mkdir(parents=True)
     (placeholder / "__init__.py").write_text("")  # what `pip install zonos` gives
-    _forget_zonos()
+    forget_zonos()
     monkeypatch.syspath_prepend(str(placeholder.parent))
     try:
         check = await engine(tmp_path).check()
     finally:
-        _forget_zonos()
+        forget_zonos()
     assert not check.available and "placeholder" in (check.reason or "")
 
 

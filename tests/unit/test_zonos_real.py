@@ -17,7 +17,6 @@ Also here: the test double (tests/fakes/zonos) against the real library, call by
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import sys
 import wave
@@ -44,44 +43,18 @@ from serve_app.engines.zonos import (
 from serve_app.stream_decode import seam_error
 from serve_app.voice_store import VoiceStore
 from serve_app.voice_store.directory import DirectoryBackend
+from tests.support import FAKES, forget_zonos, require_real_zonos
 
-FAKES = Path(__file__).resolve().parents[1] / "fakes"
 DEVICE = os.environ.get("ZONOS_TEST_DEVICE", "cpu")
 HOP = 512
 FRAME_BYTES = HOP * 2
 
 
-def _forget_zonos() -> None:
-    for name in [m for m in sys.modules if m == "zonos" or m.startswith("zonos.")]:
-        del sys.modules[name]
-
-
-def _real_zonos_importable() -> str | None:
-    """None when the real package imports, else why not."""
-    _forget_zonos()
-    saved = list(sys.path)
-    sys.path[:] = [p for p in sys.path if Path(p).resolve() != FAKES.resolve()]
-    try:
-        importlib.import_module("zonos.model")
-        importlib.import_module("zonos.conditioning")
-    except Exception as exc:
-        _forget_zonos()
-        return f"{type(exc).__name__}: {str(exc)[:200]}"
-    finally:
-        sys.path[:] = saved
-    return None
-
-
 @pytest.fixture(scope="module")
 def real_zonos() -> Iterator[None]:
-    problem = _real_zonos_importable()
-    if problem is not None:
-        message = f"the real zonos package is not importable ({problem}); run `make install-zonos`"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_real_zonos()
     yield
-    _forget_zonos()
+    forget_zonos()
 
 
 @pytest.fixture(scope="module")
@@ -464,13 +437,13 @@ async def test_one_bad_request_fails_alone_in_its_batch(model: Any, tmp_path: Pa
 def zonos_double() -> Iterator[None]:
     """`import zonos` finds tests/fakes/zonos inside the block, the real package again after it."""
     saved = {name: mod for name, mod in sys.modules.items() if name == "zonos" or name.startswith("zonos.")}
-    _forget_zonos()
+    forget_zonos()
     sys.path.insert(0, str(FAKES))
     try:
         yield
     finally:
         sys.path.remove(str(FAKES))
-        _forget_zonos()
+        forget_zonos()
         sys.modules.update(saved)
 
 
