@@ -9,9 +9,11 @@ Two backends with the same output:
 `auto` (the default) prefers the library and falls back to the binary.
 
 A replica uses every core: while libflite speaks one text, up to `FLITE_OVERFLOW_PROCESSES`
-further requests run the binary at once (one process each, as a plain server calling flite
-would), so synthesis is never limited to one core by the library's lock. Overflow requests get
-estimated word timings (below).
+further requests are spoken at once by long-lived helper processes running libflite
+(`serve_app.engines.flite_worker`: no process start per request, word timings kept), so
+synthesis is not limited to one core by the library's lock. A helper answers with the whole
+sentence, so the first byte of such a request waits for its sentence (they only run when
+another request holds the library, i.e. under load).
 
 Word timing: the library backend reads each word's start and end from the utterance flite builds
 (its Segment relation carries end times, set by the duration model before any audio is made), at
@@ -23,6 +25,7 @@ from the audio (serve_app.core.timing).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import io
@@ -31,7 +34,7 @@ import os
 import shutil
 import threading
 import wave
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, Protocol, TypeAlias
 
 from pydantic import Field
@@ -42,6 +45,7 @@ from serve_app.core.errors import EngineUnavailable
 from serve_app.core.timing import WordMark
 from serve_app.core.voices import Catalogue, Voice, VoiceTable
 from serve_app.engines.base import Engine, EngineCheck
+from serve_app.engines.flite_worker import FliteWorkers
 from serve_app.engines.spec import DeploymentDefaults, EngineContext, EngineSettings, EngineSpec
 
 logger = logging.getLogger(__name__)
@@ -82,7 +86,7 @@ class FliteSettings(EngineSettings):
     default_voice: str = "slt"
     backend: str = Field("auto", pattern="^(auto|library|binary)$")
     # libflite speaks one text at a time per process; while it is busy, up to this many more
-    # requests run the flite binary at once (one process each), so a replica uses every core.
+    # requests are spoken at once by long-lived helper processes, so a replica uses every core.
     # Empty: one per CPU core of the machine; 0: requests wait for libflite instead.
     overflow_processes: int | None = Field(None, ge=0)
 
@@ -372,6 +376,23 @@ class FliteBinary:
             transport.close()
 
 
+class FliteHelpers:
+    """libflite in helper processes (`serve_app.engines.flite_worker`) as a backend: the whole text
+    in one piece, after its word marks."""
+
+    kind = "helpers"
+
+    def __init__(self, workers: FliteWorkers) -> None:
+        self.workers = workers
+
+    async def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[FlitePiece]:
+        yield STARTED  # only chosen while a helper is idle: the work begins now
+        rate, pcm, marks = await self.workers.speak(text, voice, speed)
+        for mark in marks:
+            yield mark
+        yield rate, pcm
+
+
 class FliteEngine(Engine):
     """Flite as an `Engine`: one sentence in, its PCM out."""
 
@@ -392,9 +413,8 @@ class FliteEngine(Engine):
         self.default_voice = default_voice
         self._problem: str | None = None
         self._backend: FliteBackend | None = None
-        self._overflow: FliteBinary | None = None
-        self._overflow_limit = overflow_processes
-        self._overflow_active = 0
+        self._helpers: FliteHelpers | None = None
+        self._slots: asyncio.Semaphore | None = None  # made on first use, on the serving loop
         errors: list[str] = []
         if backend in ("auto", "library"):
             try:
@@ -412,10 +432,7 @@ class FliteEngine(Engine):
         else:
             logger.debug("flite backend: %s", self._backend.kind)
         if isinstance(self._backend, FliteLibrary) and overflow_processes > 0:
-            try:
-                self._overflow = FliteBinary(binary)
-            except FileNotFoundError:
-                logger.info("flite binary not found: requests wait for libflite when it is busy")
+            self._helpers = FliteHelpers(FliteWorkers(overflow_processes))
 
     @property
     def backend(self) -> str | None:
@@ -430,22 +447,19 @@ class FliteEngine(Engine):
         if self._backend is None:
             return EngineCheck(self.name, False, self._problem)
         details: dict[str, Any] = {"backend": self._backend.kind}
-        if self._overflow is not None:
-            details["overflow_processes"] = {"limit": self._overflow_limit, "running": self._overflow_active}
+        if self._helpers is not None:
+            workers = self._helpers.workers
+            details["overflow_processes"] = {"limit": workers.size, "busy": workers.busy}
         return EngineCheck(self.name, True, None, details)
 
-    def _pick(self) -> tuple[FliteBackend, bool]:
-        """libflite unless it is busy and an overflow process is free; (backend, is overflow)."""
+    def _pick(self) -> FliteBackend:
+        """libflite, unless it is busy and a helper process is free."""
         assert self._backend is not None
         library = self._backend
-        if (
-            self._overflow is not None
-            and isinstance(library, FliteLibrary)
-            and library.busy
-            and self._overflow_active < self._overflow_limit
-        ):
-            return self._overflow, True
-        return library, False
+        helpers = self._helpers
+        if helpers is not None and isinstance(library, FliteLibrary) and library.busy and helpers.workers.free:
+            return helpers
+        return library
 
     async def synthesize(
         self, text: str, voice: str | None = None, *, language: str | None = None, speed: float = 1.0
@@ -456,23 +470,37 @@ class FliteEngine(Engine):
         chosen = self.resolve_voice(voice)
         # Lengths only: per-sentence excerpts would add up to the whole user text in a DEBUG log.
         logger.debug("flite synthesize voice=%s chars=%d", chosen, len(text))
+        async with self._slot(), contextlib.aclosing(self._speak(self._pick(), text, chosen, speed)) as pieces:
+            async for piece in pieces:
+                yield piece
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """With helpers, requests take a synthesis slot (libflite or a helper) in arrival order, so
+        none waits on libflite's lock while a helper is idle; without, libflite's lock is the queue."""
+        if self._helpers is None:
+            yield
+            return
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(1 + self._helpers.workers.size)
+        async with self._slots:
+            yield
+
+    async def _speak(
+        self, backend: FliteBackend, text: str, chosen: str, speed: float
+    ) -> AsyncGenerator[bytes | WordMark, None]:
         resampler: StreamResampler | None = None
-        backend, overflow = self._pick()
-        self._overflow_active += overflow
-        try:
-            async for piece in backend.stream(text, chosen, speed):
-                if isinstance(piece, WordMark | bytes):
-                    yield piece  # word marks are seconds, the same at any rate; `STARTED` is the start
-                    continue
-                rate, pcm = piece
-                if rate != self.sample_rate:
-                    # kal is an 8 kHz voice: resample here so the engine keeps one advertised rate.
-                    resampler = resampler or StreamResampler(rate, self.sample_rate)
-                    pcm = resampler.feed(pcm)
-                if pcm:
-                    yield pcm
-        finally:
-            self._overflow_active -= overflow
+        async for piece in backend.stream(text, chosen, speed):
+            if isinstance(piece, WordMark | bytes):
+                yield piece  # word marks are seconds, the same at any rate; `STARTED` is the start
+                continue
+            rate, pcm = piece
+            if rate != self.sample_rate:
+                # kal is an 8 kHz voice: resample here so the engine keeps one advertised rate.
+                resampler = resampler or StreamResampler(rate, self.sample_rate)
+                pcm = resampler.feed(pcm)
+            if pcm:
+                yield pcm
         if resampler is not None:
             tail = resampler.flush()
             if tail:

@@ -98,17 +98,44 @@ async def test_missing_flite_is_reported_not_raised() -> None:
         await collect(engine, "hello")
 
 
-async def test_while_libflite_is_busy_a_second_request_runs_the_binary_at_once() -> None:
+async def test_while_libflite_is_busy_a_second_request_is_spoken_by_a_helper_process() -> None:
     engine = FliteEngine(backend="library", overflow_processes=1)
-    first = engine.synthesize(LONG * 30)  # seconds of work for libflite
-    assert await first.__anext__() == b""  # libflite is this one's now
-    second = [c async for c in engine.synthesize("Spoken by the flite binary meanwhile.")]
-    assert b"".join(c for c in second if isinstance(c, bytes))  # did not wait for the first one
-    assert not any(isinstance(c, WordMark) for c in second)  # the binary has no word marks
-    check = await engine.check()
-    assert check.details and check.details["overflow_processes"] == {"limit": 1, "running": 0}
-    rest = [c async for c in first]
-    assert any(isinstance(c, WordMark) for c in rest)  # libflite's request kept its word marks
+    try:
+        text = "Spoken by a helper meanwhile."
+        alone = [c async for c in engine.synthesize(text)]  # libflite is free: spoken in-process
+        first = engine.synthesize(LONG * 30)  # seconds of work for libflite
+        assert await first.__anext__() == b""  # libflite is this one's now
+        second = [c async for c in engine.synthesize(text)]
+        assert engine._helpers is not None and engine._helpers.workers._started == 1  # a helper spoke it
+        check = await engine.check()
+        assert check.details and check.details["overflow_processes"] == {"limit": 1, "busy": 0}
+        # The helper runs the same libflite: the same words and as much audio.
+        words = [m.word for m in second if isinstance(m, WordMark)]
+        assert words and words == [m.word for m in alone if isinstance(m, WordMark)]
+        pcm = b"".join(c for c in second if isinstance(c, bytes))
+        assert len(pcm) == len(b"".join(c for c in alone if isinstance(c, bytes)))
+        rest = [c async for c in first]
+        assert any(isinstance(c, WordMark) for c in rest)
+    finally:
+        assert engine._helpers is not None
+        engine._helpers.workers.close()
+
+
+async def test_a_helper_whose_caller_left_is_replaced() -> None:
+    from serve_app.engines.flite_worker import FliteWorkers
+
+    workers = FliteWorkers(1)
+    try:
+        first = asyncio.ensure_future(workers.speak(LONG * 10, "slt", 1.0))
+        await asyncio.sleep(0.5)  # the helper is busy with it
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        rate, pcm, marks = await workers.speak("Still speaking.", "slt", 1.0)
+        assert rate == 16000 and len(pcm) > 0 and [m.word for m in marks] == ["still", "speaking"]
+        assert workers._started == 2 and workers.busy == 0
+    finally:
+        workers.close()
 
 
 def test_the_binary_speaks_under_uvloop_as_in_a_serve_replica() -> None:
