@@ -133,6 +133,10 @@ class RouterSettings(BaseSettings):
     probe_text: str = "Probe."
     ttfb_timeout_s: float = Field(8.0, gt=0)
     stall_timeout_s: float = Field(8.0, gt=0)
+    # How long a new request may wait for an engine to start its first sentence (every engine
+    # full or queueing) before it is refused with 503 and Retry-After; the later sentences of an
+    # answer already playing wait as long as they must, so overload never cuts a stream.
+    admission_wait_s: float = Field(2.0, gt=0)
     engine_concurrency: int = Field(64, ge=1)
     sentence_max_chars: int = Field(250, ge=20, le=2000)
     lookahead_sentences: int = Field(2, ge=0, le=16)

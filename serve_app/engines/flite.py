@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import wave
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, Protocol, TypeAlias
@@ -89,6 +90,9 @@ class FliteSettings(EngineSettings):
     # requests are spoken at once by long-lived helper processes, so a replica uses every core.
     # Empty: one per CPU core of the machine; 0: requests wait for libflite instead.
     overflow_processes: int | None = Field(None, ge=0)
+    # A sentence takes libflite well under a second; one running this long is hung, and the
+    # replica's health check fails so that Serve replaces it.
+    hang_timeout_s: float = Field(30.0, gt=0)
 
 
 class _CstWave(ctypes.Structure):
@@ -176,12 +180,18 @@ class FliteLibrary:
         self._lib.ffeature_float.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         self._voices: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._busy_since: float | None = None
 
 
     @property
     def busy(self) -> bool:
         """A synthesis holds libflite now: a new one would wait for it."""
         return self._lock.locked()
+
+    def busy_for(self) -> float:
+        """Seconds the synthesis holding libflite has run (0 when none does)."""
+        since = self._busy_since
+        return time.monotonic() - since if since is not None else 0.0
     def _voice(self, voice: str) -> Any:
         if voice not in self._voices:
             stem = FLITE_VOICE_LIBRARIES[voice]
@@ -244,24 +254,40 @@ class FliteLibrary:
         with self._lock:
             if cancelled.is_set():
                 return  # cancelled while queued behind another synthesis: do not start
-            if emit_started is not None:
-                emit_started()
-            handle = self._voice(voice)
-            features = handle.contents.features
-            self._lib.feat_set_float(features, b"duration_stretch", 1.0 / speed)
-            info = self._lib.new_audio_streaming_info()
-            info.contents.min_buffsize = _STREAM_MIN_SAMPLES
-            info.contents.asc = ctypes.cast(callback, ctypes.c_void_p)
-            self._lib.feat_set(features, b"streaming_info", self._lib.audio_streaming_info_val(info))
+            self._busy_since = time.monotonic()
             try:
-                wav = self._lib.flite_text_to_wave(text.encode("utf-8", "replace"), handle)
+                self._run_locked(text, voice, speed, callback, cancelled, emit_started)
             finally:
-                # Frees the streaming info; the voice must not keep a pointer to our callback.
-                self._lib.feat_remove(features, b"streaming_info")
-            if wav:
-                self._lib.delete_wave(wav)
-            elif not cancelled.is_set():
-                raise EngineUnavailable("flite returned no wave")
+                self._busy_since = None
+
+    def _run_locked(
+        self,
+        text: str,
+        voice: str,
+        speed: float,
+        callback: Any,
+        cancelled: threading.Event,
+        emit_started: Callable[[], None] | None,
+    ) -> None:
+        """One synthesis, with libflite's lock held."""
+        if emit_started is not None:
+            emit_started()
+        handle = self._voice(voice)
+        features = handle.contents.features
+        self._lib.feat_set_float(features, b"duration_stretch", 1.0 / speed)
+        info = self._lib.new_audio_streaming_info()
+        info.contents.min_buffsize = _STREAM_MIN_SAMPLES
+        info.contents.asc = ctypes.cast(callback, ctypes.c_void_p)
+        self._lib.feat_set(features, b"streaming_info", self._lib.audio_streaming_info_val(info))
+        try:
+            wav = self._lib.flite_text_to_wave(text.encode("utf-8", "replace"), handle)
+        finally:
+            # Frees the streaming info; the voice must not keep a pointer to our callback.
+            self._lib.feat_remove(features, b"streaming_info")
+        if wav:
+            self._lib.delete_wave(wav)
+        elif not cancelled.is_set():
+            raise EngineUnavailable("flite returned no wave")
 
     async def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[FlitePiece]:
         loop = asyncio.get_running_loop()
@@ -408,6 +434,7 @@ class FliteEngine(Engine):
         backend: str = "auto",
         catalogue: Catalogue | None = None,
         overflow_processes: int = 0,
+        hang_timeout_s: float = 30.0,
     ) -> None:
         self.catalogue = catalogue or Catalogue({self.name: VOICES})
         self.default_voice = default_voice
@@ -415,6 +442,7 @@ class FliteEngine(Engine):
         self._backend: FliteBackend | None = None
         self._helpers: FliteHelpers | None = None
         self._slots: asyncio.Semaphore | None = None  # made on first use, on the serving loop
+        self.hang_timeout_s = hang_timeout_s
         errors: list[str] = []
         if backend in ("auto", "library"):
             try:
@@ -451,6 +479,17 @@ class FliteEngine(Engine):
             workers = self._helpers.workers
             details["overflow_processes"] = {"limit": workers.size, "busy": workers.busy}
         return EngineCheck(self.name, True, None, details)
+
+    async def health(self) -> str | None:
+        """Serve's health probe: a synthesis (in-process or in a helper) running past the hang
+        timeout means a stuck libflite, which only a new replica cures. Requests queued behind it
+        never start, so the router only sees them as busy: this is what gets the replica replaced."""
+        held = self._backend.busy_for() if isinstance(self._backend, FliteLibrary) else 0.0
+        helper = self._helpers.workers.longest_call() if self._helpers is not None else 0.0
+        longest = max(held, helper)
+        if longest > self.hang_timeout_s:
+            return f"a flite synthesis has run for {longest:.0f}s (hung)"
+        return None
 
     def _pick(self) -> FliteBackend:
         """libflite, unless it is busy and a helper process is free."""
@@ -515,6 +554,7 @@ def _build(settings: FliteSettings, context: EngineContext) -> FliteEngine:
         backend=settings.backend,
         catalogue=context.catalogue,
         overflow_processes=(os.cpu_count() or 1) if overflow is None else overflow,
+        hang_timeout_s=settings.hang_timeout_s,
     )
 
 

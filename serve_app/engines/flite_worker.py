@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import pickle
 import struct
 import sys
 import threading
+import time
 from typing import Any, BinaryIO
 
 from serve_app.core.errors import EngineUnavailable
@@ -62,6 +64,13 @@ class FliteWorkers:
         self.busy = 0
         self._idle: list[_Helper] = []
         self._started = 0
+        self._calls: dict[int, float] = {}  # running calls: when each began
+        self._call_ids = itertools.count()
+
+    def longest_call(self) -> float:
+        """Seconds the longest-running call has run (0 when none runs): a helper that never
+        answers is a hung synthesis."""
+        return time.monotonic() - min(self._calls.values()) if self._calls else 0.0
 
     @property
     def free(self) -> bool:
@@ -70,6 +79,8 @@ class FliteWorkers:
     async def speak(self, text: str, voice: str, speed: float) -> tuple[int, bytes, list[WordMark]]:
         """(rate, pcm, word marks) of the whole text, from an idle helper (one is started if none is)."""
         self.busy += 1
+        call = next(self._call_ids)
+        self._calls[call] = time.monotonic()
         helper: _Helper | None = None
         try:
             helper = self._idle.pop() if self._idle else await self._start()
@@ -86,6 +97,7 @@ class FliteWorkers:
             raise
         finally:
             self.busy -= 1
+            del self._calls[call]
             if helper is not None:
                 self._idle.append(helper)
         return result

@@ -474,14 +474,15 @@ class FallbackRouter:
         loop = asyncio.get_running_loop()
         try:
             job.spoken = await self._spoken(job, request)
+            if not owed:  # a new request: an engine must start its first sentence this soon, or 503
+                queue_deadline = loop.time() + self.config.admission_wait_s
             while True:
                 name, full = self._acquire_next(request, state, tried, busy_noted, defer=not owed and self._owed > 0)
                 if name is None:
                     if not (full or busy_again):
                         break  # every engine failed this sentence (or none is deployed)
                     remaining: float | None = None
-                    if not owed:
-                        queue_deadline = queue_deadline or loop.time() + self.config.ttfb_timeout_s
+                    if queue_deadline is not None:
                         remaining = queue_deadline - loop.time()
                         if remaining <= 0:
                             raise EnginesBusy(
@@ -500,7 +501,9 @@ class FallbackRouter:
                     def sink(pcm: bytes, engine: str = name) -> None:
                         job.push(AudioChunk(pcm, engine, job.index))
 
-                    await self._attempt(name, job.attempt_text, request, sink, on_mark=job.mark)
+                    await self._attempt(
+                        name, job.attempt_text, request, sink, on_mark=job.mark, start_by=queue_deadline
+                    )
                 except (InvalidInput, asyncio.CancelledError):
                     raise
                 except EngineBusy:
@@ -608,9 +611,11 @@ class FallbackRouter:
         *,
         probe: bool = False,
         on_mark: Callable[[WordMark], None] | None = None,
+        start_by: float | None = None,
     ) -> None:
         """One engine speaks `text` into `sink` (word marks to `on_mark`); records strikes and
-        outcomes. Releases the slot taken."""
+        outcomes. Releases the slot taken. `start_by` (loop time): a new request's admission
+        deadline; not started by then is busy, never a strike."""
         slot = self._slots[name]
         breaker = slot.breaker
         started_at = breaker.now()
@@ -635,15 +640,18 @@ class FallbackRouter:
                 instructions=request.instructions,
             )
             while True:
-                budget = max(0.0, deadline - loop.time()) if produced == 0 else limits.stall_timeout_s
+                # Only an engine that says when it starts can be told apart from a hung one before then.
+                waiting = produced == 0 and not started and slot.client.reports_start
+                until = min(deadline, start_by) if waiting and start_by is not None else deadline
+                budget = max(0.0, until - loop.time()) if produced == 0 else limits.stall_timeout_s
                 try:
                     item = await asyncio.wait_for(anext(iterator), budget)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    if produced == 0 and slot.client.reports_start and not started:
-                        # Still in a queue (Serve's or the engine's): busy, not broken.
-                        raise EngineBusy(f"still queued after {limits.ttfb_timeout_s:.1f}s") from None
+                    if produced == 0 and not started and slot.client.reports_start:
+                        # Still in a queue (Serve's or the engine's): busy, never a strike.
+                        raise EngineBusy("not started in time (queued)") from None
                     if produced == 0:
                         raise FirstByteTimeout(f"no audio within {limits.ttfb_timeout_s:.1f}s") from None
                     raise StallTimeout(f"audio stalled for {limits.stall_timeout_s:.1f}s") from None

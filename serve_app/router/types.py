@@ -27,6 +27,7 @@ class RouterConfig:
     max_cooldown_s: float = 120.0
     ttfb_timeout_s: float = 8.0
     stall_timeout_s: float = 8.0
+    admission_wait_s: float = 2.0
     engine_concurrency: int = 64
     sentence_max_chars: int = 250
     lookahead: int = 2
@@ -58,6 +59,7 @@ class RouterConfig:
             max_cooldown_s=s.router.breaker_max_cooldown_s,
             ttfb_timeout_s=s.router.ttfb_timeout_s,
             stall_timeout_s=s.router.stall_timeout_s,
+            admission_wait_s=s.router.admission_wait_s,
             engine_concurrency=s.router.engine_concurrency,
             sentence_max_chars=s.router.sentence_max_chars,
             lookahead=s.router.lookahead_sentences,

@@ -10,7 +10,7 @@ from serve_app.core.audio import pcm_duration, rms_level
 from serve_app.core.timing import WordMark
 from serve_app.engines import registry
 from serve_app.engines.base import EngineUnavailable, InvalidInput
-from serve_app.engines.flite import FliteBinary, FliteEngine
+from serve_app.engines.flite import FliteBinary, FliteEngine, FliteLibrary
 
 LONG = "This sentence is long enough that flite streams it out in several pieces as it goes along."
 
@@ -147,3 +147,33 @@ def test_the_binary_speaks_under_uvloop_as_in_a_serve_replica() -> None:
         return b"".join(p[1] for p in pieces if isinstance(p, tuple))
 
     assert len(uvloop.run(speak())) > 16000
+
+
+async def test_a_hung_libflite_fails_the_health_check_until_it_moves() -> None:
+    """Requests behind a stuck synthesis never start (the router only sees them busy): the health
+    check is what gets such a replica replaced."""
+    import threading
+
+    engine = FliteEngine(backend="library", hang_timeout_s=0.2)
+    library = engine._backend
+    assert isinstance(library, FliteLibrary)
+    release = threading.Event()
+    real = library._lib.flite_text_to_wave
+
+    def stuck(text: bytes, voice: object) -> object:
+        release.wait(10)  # a call into libflite that does not return, until the test lets it
+        return real(text, voice)
+
+    library._lib.flite_text_to_wave = stuck
+    stream = engine.synthesize("Stuck for a while.")
+    try:
+        assert await stream.__anext__() == b""  # it started, and holds libflite
+        assert await engine.health() is None  # not long enough yet
+        await asyncio.sleep(0.3)
+        assert "hung" in (await engine.health() or "")
+        release.set()
+        assert b"".join([c async for c in stream if isinstance(c, bytes)])
+        assert await engine.health() is None
+    finally:
+        release.set()
+        library._lib.flite_text_to_wave = real

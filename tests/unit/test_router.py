@@ -42,6 +42,7 @@ class Rig:
         clients = {name: LocalEngineClient(FaultyEngine(name, self.controls[name])) for name in CHAIN}
         defaults: dict[str, object] = {
             "cooldown_s": 0.2, "max_cooldown_s": 0.8, "ttfb_timeout_s": 0.3, "stall_timeout_s": 0.3,
+            "admission_wait_s": 0.3,
         }
         self.router = FallbackRouter(clients, RouterConfig(**{**defaults, **config}))  # type: ignore[arg-type]
 
@@ -428,7 +429,9 @@ async def test_an_admitted_answer_waits_for_capacity_and_a_new_one_is_refused_be
     control = LocalControl(FaultPlan(chunk_delay_s=0.15))
     router = FallbackRouter(
         {"flite": LocalEngineClient(FaultyEngine("flite", control))},
-        RouterConfig(chain=("flite",), engine_concurrency=1, ttfb_timeout_s=0.3, stall_timeout_s=1.0),
+        RouterConfig(
+            chain=("flite",), engine_concurrency=1, ttfb_timeout_s=0.3, stall_timeout_s=1.0, admission_wait_s=0.3
+        ),
     )
     first_text = "One apple. Two pears. Three plums."
     try:
@@ -460,3 +463,23 @@ async def test_busy_answers_to_a_later_sentence_are_retried_until_it_is_spoken(r
     assert {r.code for r in runs} == {2}
     assert rig.router.breaker("flite").total_strikes == 0
     assert rig.controls["flite"].calls() >= 4  # "Two" was refused at least once, then spoken
+
+
+async def test_a_new_request_no_engine_starts_within_the_admission_wait_is_refused_without_a_strike() -> None:
+    control = LocalControl(FaultPlan(queued_s=1.0))  # the engine's own queue holds it for a second
+    router = FallbackRouter(
+        {"flite": LocalEngineClient(QueueingFaultyEngine("flite", control))},
+        RouterConfig(chain=("flite",), ttfb_timeout_s=5.0, admission_wait_s=0.2),
+    )
+    try:
+        heard: list[bytes] = []
+        with pytest.raises(EnginesBusy) as info:
+            async for chunk in router.synthesize(SpeechRequest("Too late.", sample_rate=SAMPLE_RATE, normalize=False)):
+                heard.append(chunk.pcm)
+        assert heard == [] and info.value.status == 503 and info.value.retry_after_s
+        assert router.breaker("flite").total_strikes == 0
+        control.set(FaultPlan(queued_s=0.05))  # a short queue: admitted, and spoken
+        pcm, engines = await router.speak(SpeechRequest("In time.", sample_rate=SAMPLE_RATE, normalize=False))
+        assert engines == ["flite"] and pcm
+    finally:
+        await router.aclose()
