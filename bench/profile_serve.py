@@ -107,6 +107,8 @@ def process_name(proc: psutil.Process) -> str:
     base = os.path.basename(cmd[0]) if cmd else proc.name()
     if "gcs_server" in base or "raylet" in base:
         return base
+    if "-m" in cmd[:-1]:
+        return f"{base} -m {cmd[cmd.index('-m') + 1]}"
     for part in cmd:
         if part.endswith(".py"):
             return f"{base} {os.path.basename(part)}"
@@ -125,6 +127,8 @@ def group(name: str) -> str:
         return name.split()[0]
     if name.startswith("IDLE") or name.startswith("ray::IDLE"):
         return "idle Ray workers"
+    if "flite_worker" in name:
+        return "Flite helper processes (synthesis)"
     return "other Ray processes (dashboard agent, log monitor, ...)"
 
 
