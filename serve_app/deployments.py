@@ -34,6 +34,7 @@ from ray import serve
 from config.logging import configure_from_settings
 from config.settings import get_settings
 from serve_app.core.errors import EngineBusy, EngineUnavailable, InvalidInput, reason_of
+from serve_app.core.gate import PRIORITY_NEW
 from serve_app.core.replica import FailureStreak, ReplicaTag
 from serve_app.core.timing import WordMark
 from serve_app.core.wire import pack
@@ -68,11 +69,14 @@ class EngineHost:
         speed: float,
         instructions: str | None = None,
         tag_replica: bool = False,
+        priority: int = PRIORITY_NEW,
     ) -> AsyncIterator[bytes | WordMark | ReplicaTag]:
         """The engine's stream: PCM chunks and, from engines with alignment, `WordMark`s (pickled),
-        grouped into fewer messages by `serve_app.core.wire.pack` (the caller unpacks)."""
+        grouped into fewer messages by `serve_app.core.wire.pack` (the caller unpacks). `priority`
+        reaches engines that queue work (`serve_app.core.gate`)."""
+        stream = self._stream(text, voice, language, speed, instructions, tag_replica, priority)
         try:
-            async for message in pack(self._stream(text, voice, language, speed, instructions, tag_replica)):
+            async for message in pack(stream):
                 yield message
         except (InvalidInput, EngineBusy):
             raise  # the caller's mistake, a full queue: nothing wrong with this replica
@@ -89,15 +93,13 @@ class EngineHost:
         speed: float,
         instructions: str | None,
         tag_replica: bool,
+        priority: int,
     ) -> AsyncIterator[bytes | WordMark | ReplicaTag]:
         if tag_replica and self.replica is not None:
             yield ReplicaTag(self.replica)
-        if instructions is not None and self.engine.accepts_instructions:
-            stream = self.engine.synthesize(  # type: ignore[call-arg]
-                text, voice, language=language, speed=speed, instructions=instructions
-            )
-        else:
-            stream = self.engine.synthesize(text, voice, language=language, speed=speed)
+        stream = self.engine.open_stream(
+            text, voice, language=language, speed=speed, instructions=instructions, priority=priority
+        )
         if not self.engine.queues_work:
             yield b""  # the work begins now: this replica has the request
         async for chunk in stream:

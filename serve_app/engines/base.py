@@ -31,6 +31,7 @@ from serve_app.core.errors import (  # noqa: F401  (re-exported: engine modules 
     EngineUnavailable,
     InvalidInput,
 )
+from serve_app.core.gate import PRIORITY_NEW
 from serve_app.core.timing import WordMark
 from serve_app.core.voices import Catalogue, Voice
 
@@ -62,6 +63,9 @@ class Engine(abc.ABC):
     # sends `b""` as soon as the replica has the request. Either way the router knows time before
     # `b""` as queueing (busy, never a strike) and times out only the engine's own work after it.
     queues_work: ClassVar[bool] = False
+    # True when `synthesize` takes `priority: int` (keyword): an engine that queues work serves
+    # lower numbers first (`PRIORITY_PLAYING` before `PRIORITY_NEW`).
+    accepts_priority: ClassVar[bool] = False
 
     @abc.abstractmethod
     def synthesize(
@@ -76,6 +80,24 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def check(self) -> EngineCheck:
         """Dependency check; never raises, reports the reason instead."""
+
+    def open_stream(
+        self,
+        text: str,
+        voice: str | None,
+        *,
+        language: str | None,
+        speed: float,
+        instructions: str | None = None,
+        priority: int = PRIORITY_NEW,
+    ) -> AsyncIterator[bytes | WordMark]:
+        """`synthesize` with the optional arguments this engine takes (instructions, priority)."""
+        extra: dict[str, Any] = {}
+        if instructions is not None and self.accepts_instructions:
+            extra["instructions"] = instructions
+        if self.accepts_priority:
+            extra["priority"] = priority
+        return self.synthesize(text, voice, language=language, speed=speed, **extra)
 
     def resolve_voice(self, voice: str | None) -> str:
         """Map a requested voice (engine id or OpenAI name) to one of ours, or raise InvalidInput."""

@@ -43,6 +43,7 @@ from pydantic import Field
 from config.settings import settings_config
 from serve_app.core.audio import StreamResampler
 from serve_app.core.errors import EngineUnavailable
+from serve_app.core.gate import PRIORITY_NEW, PriorityGate
 from serve_app.core.timing import WordMark
 from serve_app.core.voices import Catalogue, Voice, VoiceTable
 from serve_app.engines.base import Engine, EngineCheck
@@ -425,6 +426,7 @@ class FliteEngine(Engine):
     name = "flite"
     sample_rate = 16000
     queues_work = True  # libflite is serialised per process: requests wait for its lock
+    accepts_priority = True  # with helpers, waiting requests take synthesis slots by priority
 
     def __init__(
         self,
@@ -441,7 +443,6 @@ class FliteEngine(Engine):
         self._problem: str | None = None
         self._backend: FliteBackend | None = None
         self._helpers: FliteHelpers | None = None
-        self._slots: asyncio.Semaphore | None = None  # made on first use, on the serving loop
         self.hang_timeout_s = hang_timeout_s
         errors: list[str] = []
         if backend in ("auto", "library"):
@@ -461,6 +462,8 @@ class FliteEngine(Engine):
             logger.debug("flite backend: %s", self._backend.kind)
         if isinstance(self._backend, FliteLibrary) and overflow_processes > 0:
             self._helpers = FliteHelpers(FliteWorkers(overflow_processes))
+        # The in-process library and each helper: one synthesis slot each.
+        self._slots = PriorityGate(1 + overflow_processes) if self._helpers is not None else None
 
     @property
     def backend(self) -> str | None:
@@ -501,7 +504,13 @@ class FliteEngine(Engine):
         return library
 
     async def synthesize(
-        self, text: str, voice: str | None = None, *, language: str | None = None, speed: float = 1.0
+        self,
+        text: str,
+        voice: str | None = None,
+        *,
+        language: str | None = None,
+        speed: float = 1.0,
+        priority: int = PRIORITY_NEW,
     ) -> AsyncIterator[bytes | WordMark]:
         if self._backend is None:
             raise EngineUnavailable(self._problem or "flite unavailable")
@@ -509,20 +518,19 @@ class FliteEngine(Engine):
         chosen = self.resolve_voice(voice)
         # Lengths only: per-sentence excerpts would add up to the whole user text in a DEBUG log.
         logger.debug("flite synthesize voice=%s chars=%d", chosen, len(text))
-        async with self._slot(), contextlib.aclosing(self._speak(self._pick(), text, chosen, speed)) as pieces:
+        async with self._slot(priority), contextlib.aclosing(self._speak(self._pick(), text, chosen, speed)) as pieces:
             async for piece in pieces:
                 yield piece
 
     @contextlib.asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
-        """With helpers, requests take a synthesis slot (libflite or a helper) in arrival order, so
-        none waits on libflite's lock while a helper is idle; without, libflite's lock is the queue."""
-        if self._helpers is None:
+    async def _slot(self, priority: int) -> AsyncIterator[None]:
+        """With helpers, requests take a synthesis slot (libflite or a helper) by priority, then
+        arrival (`serve_app.core.gate`), so none waits on libflite's lock while a helper is idle and
+        answers already playing go before new ones; without, libflite's lock is the queue."""
+        if self._slots is None:
             yield
             return
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(1 + self._helpers.workers.size)
-        async with self._slots:
+        async with self._slots.hold(priority):
             yield
 
     async def _speak(

@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 from ray.serve.exceptions import BackPressureError
 
 from serve_app.core.errors import EngineBusy, EngineUnavailable
+from serve_app.core.gate import PRIORITY_NEW
 from serve_app.core.replica import ReplicaTag
 from serve_app.core.timing import WordMark
 from serve_app.core.voices import Voice
@@ -30,7 +31,14 @@ class EngineClient(Protocol):
     reports_start: bool
 
     def stream(
-        self, text: str, voice: str | None, *, language: str | None, speed: float, instructions: str | None = None
+        self,
+        text: str,
+        voice: str | None,
+        *,
+        language: str | None,
+        speed: float,
+        instructions: str | None = None,
+        priority: int = PRIORITY_NEW,
     ) -> AsyncIterator[bytes | WordMark | ReplicaTag]:
         """PCM s16le mono chunks at `sample_rate()`, with the engine's word marks where it has them
         (and, from a Serve replica, a `ReplicaTag` first: which replica serves the request)."""
@@ -59,13 +67,18 @@ class LocalEngineClient:
         return True
 
     def stream(
-        self, text: str, voice: str | None, *, language: str | None, speed: float, instructions: str | None = None
+        self,
+        text: str,
+        voice: str | None,
+        *,
+        language: str | None,
+        speed: float,
+        instructions: str | None = None,
+        priority: int = PRIORITY_NEW,
     ) -> AsyncIterator[bytes | WordMark]:
-        if instructions is not None and self.engine.accepts_instructions:
-            return self.engine.synthesize(  # type: ignore[call-arg]
-                text, voice, language=language, speed=speed, instructions=instructions
-            )
-        return self.engine.synthesize(text, voice, language=language, speed=speed)
+        return self.engine.open_stream(
+            text, voice, language=language, speed=speed, instructions=instructions, priority=priority
+        )
 
     async def sample_rate(self) -> int:
         return self.engine.sample_rate
@@ -98,10 +111,18 @@ class HandleEngineClient:
         return self._info
 
     async def stream(
-        self, text: str, voice: str | None, *, language: str | None, speed: float, instructions: str | None = None
+        self,
+        text: str,
+        voice: str | None,
+        *,
+        language: str | None,
+        speed: float,
+        instructions: str | None = None,
+        priority: int = PRIORITY_NEW,
     ) -> AsyncIterator[bytes | WordMark | ReplicaTag]:
         # Instructions travel only when given: the host passes them to engines that accept them.
         extra: dict[str, Any] = {"instructions": instructions} if instructions is not None else {}
+        extra["priority"] = priority
         extra["tag_replica"] = True  # the replica names itself first: strikes say which one failed
         generator = self._streaming.synthesize.remote(text, voice, language, speed, **extra)
         finished = False
@@ -150,7 +171,14 @@ class UnavailableEngineClient:
         return False
 
     async def stream(
-        self, text: str, voice: str | None, *, language: str | None, speed: float, instructions: str | None = None
+        self,
+        text: str,
+        voice: str | None,
+        *,
+        language: str | None,
+        speed: float,
+        instructions: str | None = None,
+        priority: int = PRIORITY_NEW,
     ) -> AsyncIterator[bytes | WordMark]:
         raise EngineUnavailable(self.reason)
         yield b""  # pragma: no cover - makes this an async generator

@@ -6,7 +6,14 @@ on one event loop; all shared state is touched only from that loop, without awai
 
 What it does, and why:
 - Text is split into sentences; up to `lookahead` following sentences are synthesized while the
-  current one streams, so long inputs start as fast as short ones and play without gaps.
+  current one streams, so long inputs start as fast as short ones and play without gaps. Look-ahead
+  begins once the answer's first audio is out: until then only its first sentence takes engine
+  capacity, so a burst of new answers all get their first sentences started.
+- Admission (overload never cuts a stream): a new answer's first sentence waits at most
+  `admission_wait_s` for an engine to start it, then the request is refused before its first byte
+  (503 + Retry-After); the later sentences of an answer already playing wait as long as they must,
+  ahead of new answers (in the router's own queue, and in engines that queue work, through
+  `priority`: `serve_app.core.gate`).
 - Each sentence walks the chain. Engines whose breaker is open are skipped at no cost. A strike is
   an engine error, no first byte within `ttfb_timeout_s`, a stall between chunks longer than
   `stall_timeout_s`, or a stream with no audio at all. `max_strikes` consecutive strikes open the
@@ -74,6 +81,7 @@ from serve_app.core.errors import (
     UnknownEngine,
     reason_of,
 )
+from serve_app.core.gate import PRIORITY_NEW, PRIORITY_PLAYING
 from serve_app.core.replica import ReplicaTag
 from serve_app.core.spoken import to_spoken
 from serve_app.core.style import parse_instructions
@@ -389,9 +397,12 @@ class FallbackRouter:
         jobs: list[_SentenceJob] = []
         arrived = asyncio.Event()
         reading = 0  # the sentence the consumer is on; the feeder starts work up to lookahead past it
+        admitted = False  # the first audio is out: from now on this answer's sentences are owed
 
         def launch(upto: int) -> None:
-            for job in jobs[reading : upto + 1]:
+            # Before the first audio only the first sentence runs: look-ahead of an answer nobody
+            # hears yet must not take engine capacity from other answers' first sentences.
+            for job in jobs[reading : (upto if admitted else 0) + 1]:
                 if job.task is None:
                     job.task = asyncio.create_task(self._produce(job, total, request, state))
 
@@ -418,7 +429,11 @@ class FallbackRouter:
                 launch(reading + self.config.lookahead)
                 job = jobs[reading]
                 async for chunk in self._consume(job, request.timestamps, clock):
+                    if not admitted and chunk.pcm:
+                        admitted = True
+                        launch(reading + self.config.lookahead)
                     yield chunk
+                admitted = True  # a first sentence that ended without audio (resumed, or words only)
                 clock.offset_s += job.heard_s
                 reading += 1
         finally:
@@ -502,7 +517,8 @@ class FallbackRouter:
                         job.push(AudioChunk(pcm, engine, job.index))
 
                     await self._attempt(
-                        name, job.attempt_text, request, sink, on_mark=job.mark, start_by=queue_deadline
+                        name, job.attempt_text, request, sink, on_mark=job.mark, start_by=queue_deadline,
+                        priority=PRIORITY_PLAYING if owed else PRIORITY_NEW,
                     )
                 except (InvalidInput, asyncio.CancelledError):
                     raise
@@ -612,6 +628,7 @@ class FallbackRouter:
         probe: bool = False,
         on_mark: Callable[[WordMark], None] | None = None,
         start_by: float | None = None,
+        priority: int = PRIORITY_NEW,
     ) -> None:
         """One engine speaks `text` into `sink` (word marks to `on_mark`); records strikes and
         outcomes. Releases the slot taken. `start_by` (loop time): a new request's admission
@@ -637,7 +654,7 @@ class FallbackRouter:
             resampler = StreamResampler(rate, request.sample_rate or rate)
             iterator = slot.client.stream(
                 text, request.voice, language=request.language, speed=self._speed_for(name, request),
-                instructions=request.instructions,
+                instructions=request.instructions, priority=priority,
             )
             while True:
                 # Only an engine that says when it starts can be told apart from a hung one before then.

@@ -14,6 +14,7 @@ import pytest
 
 from serve_app.core.breaker import BreakerState
 from serve_app.core.errors import AllEnginesFailed, EnginesBusy, UnknownEngine
+from serve_app.core.gate import PRIORITY_NEW, PRIORITY_PLAYING
 from serve_app.engines.base import InvalidInput
 from serve_app.router import FallbackRouter, RouterConfig, SpeechRequest
 from serve_app.router.clients import LocalEngineClient, UnavailableEngineClient
@@ -481,5 +482,41 @@ async def test_a_new_request_no_engine_starts_within_the_admission_wait_is_refus
         control.set(FaultPlan(queued_s=0.05))  # a short queue: admitted, and spoken
         pcm, engines = await router.speak(SpeechRequest("In time.", sample_rate=SAMPLE_RATE, normalize=False))
         assert engines == ["flite"] and pcm
+    finally:
+        await router.aclose()
+
+
+class PriorityRecordingEngine(FaultyEngine):
+    """A fault engine that takes `priority` and records what each sentence got."""
+
+    accepts_priority = True
+
+    def __init__(self, name: str, control: LocalControl) -> None:
+        super().__init__(name, control)
+        self.priorities: list[tuple[str, int]] = []
+
+    async def synthesize(  # type: ignore[override]
+        self, text: str, voice: str | None = None, *, language: str | None = None, speed: float = 1.0,
+        priority: int = PRIORITY_NEW,
+    ) -> AsyncIterator[bytes | object]:
+        self.priorities.append((text, priority))
+        async for item in super().synthesize(text, voice, language=language, speed=speed):
+            yield item
+
+
+async def test_later_sentences_go_to_the_engine_as_playing_and_look_ahead_waits_for_the_first_audio() -> None:
+    control = LocalControl(FaultPlan(first_byte_delay_s=0.3))
+    engine = PriorityRecordingEngine("flite", control)
+    router = FallbackRouter({"flite": LocalEngineClient(engine)}, RouterConfig(chain=("flite",), ttfb_timeout_s=2.0))
+    text = "One apple. Two pears. Three plums."
+    try:
+        task = asyncio.create_task(router.speak(SpeechRequest(text, sample_rate=SAMPLE_RATE, normalize=False)))
+        await asyncio.sleep(0.2)
+        assert control.calls() == 1  # no look-ahead before the first audio
+        pcm, _ = await task
+        assert_complete(decode_runs(pcm), text)
+        assert engine.priorities == [
+            ("One apple.", PRIORITY_NEW), ("Two pears.", PRIORITY_PLAYING), ("Three plums.", PRIORITY_PLAYING)
+        ]
     finally:
         await router.aclose()

@@ -1,0 +1,71 @@
+"""The priority gate: answers already playing before new ones, then arrival order; nobody lost."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serve_app.core.gate import PRIORITY_NEW, PRIORITY_PLAYING, PriorityGate
+
+
+async def test_waiters_enter_by_priority_then_arrival() -> None:
+    gate = PriorityGate(1)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with gate.hold():
+            await release.wait()
+
+    async def waiter(name: str, priority: int) -> None:
+        async with gate.hold(priority):
+            order.append(name)
+
+    first = asyncio.create_task(holder())
+    await asyncio.sleep(0)
+    tasks = [
+        asyncio.create_task(waiter("new-1", PRIORITY_NEW)),
+        asyncio.create_task(waiter("playing-1", PRIORITY_PLAYING)),
+        asyncio.create_task(waiter("new-2", PRIORITY_NEW)),
+        asyncio.create_task(waiter("playing-2", PRIORITY_PLAYING)),
+    ]
+    await asyncio.sleep(0.01)
+    assert gate.waiting == 4 and order == []
+    release.set()
+    await asyncio.gather(first, *tasks)
+    assert order == ["playing-1", "playing-2", "new-1", "new-2"]
+    assert gate.waiting == 0
+
+
+async def test_a_waiter_that_leaves_is_skipped_and_slots_are_not_lost() -> None:
+    gate = PriorityGate(2)
+    entered: list[str] = []
+    release = asyncio.Event()
+
+    async def hold(name: str) -> None:
+        async with gate.hold():
+            entered.append(name)
+            await release.wait()
+
+    holders = [asyncio.create_task(hold(f"h{i}")) for i in range(2)]
+    await asyncio.sleep(0.01)
+    leaver = asyncio.create_task(hold("leaver"))
+    stayer = asyncio.create_task(hold("stayer"))
+    await asyncio.sleep(0.01)
+    leaver.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaver
+    release.set()
+    await asyncio.gather(*holders, stayer)
+    assert entered == ["h0", "h1", "stayer"]
+    # Both slots are free again: two holders enter at once.
+    both = [asyncio.create_task(hold(f"again{i}")) for i in range(2)]
+    await asyncio.sleep(0.01)
+    assert {"again0", "again1"} <= set(entered)
+    await asyncio.gather(*both)
+
+
+def test_a_gate_needs_a_slot() -> None:
+    with pytest.raises(ValueError):
+        PriorityGate(0)
