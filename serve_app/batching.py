@@ -37,6 +37,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from serve_app.core.gate import PRIORITY_NEW
 from serve_app.engines.base import EngineBusy, EngineUnavailable, InvalidInput
 
 logger = logging.getLogger(__name__)
@@ -59,8 +60,9 @@ class Row(Generic[R]):
     `emit`, `finish` and `fail` may be called from any thread; `sink` delivers to the caller.
     """
 
-    def __init__(self, request: R, sink: Callable[[Item], None]) -> None:
+    def __init__(self, request: R, sink: Callable[[Item], None], priority: int = PRIORITY_NEW) -> None:
         self.request = request
+        self.priority = priority
         self._sink = sink
         self._cancelled = threading.Event()
         self._closed = False
@@ -221,8 +223,10 @@ class Batcher(Generic[R]):
             return 0.0
         return time.monotonic() - self._last_event
 
-    async def stream(self, request: R) -> AsyncIterator[bytes]:
-        """`request`'s audio: `b""` when it joins a batch, then chunks. Raises the row's error."""
+    async def stream(self, request: R, priority: int = PRIORITY_NEW) -> AsyncIterator[bytes]:
+        """`request`'s audio: `b""` when it joins a batch, then chunks. Raises the row's error.
+
+        Waiting rows join batches by `priority` (answers already playing first), then arrival."""
         self._ensure_dispatcher()
         if self.queued >= self.max_queued:
             self.stats.busy_rejections += 1
@@ -238,8 +242,12 @@ class Batcher(Generic[R]):
             self._last_event = time.monotonic()
             loop.call_soon_threadsafe(items.put_nowait, item)
 
-        row: Row[R] = Row(request, sink)
-        self._pending.append(row)
+        row: Row[R] = Row(request, sink, priority)
+        later = next((i for i, other in enumerate(self._pending) if other.priority > priority), None)
+        if later is None:
+            self._pending.append(row)
+        else:
+            self._pending.insert(later, row)
         assert self._changed is not None
         self._changed.set()
         done = False

@@ -79,6 +79,7 @@ from config.settings import settings_config
 from serve_app.batching import Batcher, Row
 from serve_app.core.audio import SAMPLE_WIDTH, decode_audio
 from serve_app.core.errors import ServiceUnavailable
+from serve_app.core.gate import PRIORITY_NEW
 from serve_app.core.imports import import_object, is_import_path
 from serve_app.core.voices import Catalogue, Voice, VoiceTable, is_clone_id
 from serve_app.engines.base import Engine, EngineCheck, EngineUnavailable, InvalidInput
@@ -396,6 +397,7 @@ class ZonosEngine(Engine):
     name = "zonos"
     sample_rate = SAMPLE_RATE
     queues_work = True  # the batcher yields `b""` when a request joins a batch
+    accepts_priority = True
 
     def __init__(
         self,
@@ -776,11 +778,18 @@ class ZonosEngine(Engine):
         return request
 
     async def synthesize(
-        self, text: str, voice: str | None = None, *, language: str | None = None, speed: float = 1.0
+        self,
+        text: str,
+        voice: str | None = None,
+        *,
+        language: str | None = None,
+        speed: float = 1.0,
+        priority: int = PRIORITY_NEW,
     ) -> AsyncIterator[bytes]:
-        """`b""` when the request joins a batch (the router's first-byte timer starts there), then PCM chunks."""
+        """`b""` when the request joins a batch (the router's first-byte timer starts there), then PCM
+        chunks. Waiting requests join batches by `priority` (`serve_app.core.gate`)."""
         request = await self.prepare(text, voice, language, speed)
-        async for chunk in self.batcher.stream(request):
+        async for chunk in self.batcher.stream(request, priority):
             yield chunk
 
     async def check(self) -> EngineCheck:

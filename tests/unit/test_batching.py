@@ -157,3 +157,24 @@ async def test_a_batch_that_stops_delivering_reports_how_long_it_has_stalled() -
     await stream.aclose()  # type: ignore[attr-defined]
     await until(lambda: batcher.running == 0)
     assert batcher.stalled_for() == 0.0
+
+
+async def test_rows_of_answers_already_playing_join_the_next_batch_first() -> None:
+    from serve_app.core.gate import PRIORITY_NEW, PRIORITY_PLAYING
+
+    runner = StepRunner()
+    runner.gate.clear()  # the running batch holds until released
+    batcher = Batcher(runner, name="test", max_batch_size=1, wait_s=0)
+    running = batcher.stream(1)
+    assert await anext(running) == b""
+    new_1 = asyncio.ensure_future(read(batcher.stream(2, PRIORITY_NEW)))
+    await until(lambda: batcher.queued == 1)
+    new_2 = asyncio.ensure_future(read(batcher.stream(3, PRIORITY_NEW)))
+    await until(lambda: batcher.queued == 2)
+    playing = asyncio.ensure_future(read(batcher.stream(4, PRIORITY_PLAYING)))
+    await until(lambda: batcher.queued == 3)
+    runner.gate.set()
+    await read(running)
+    await asyncio.gather(new_1, new_2, playing)
+    assert runner.batches == [[1], [4], [2], [3]]  # the playing answer's row went ahead, then arrival order
+    await batcher.close()
