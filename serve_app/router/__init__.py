@@ -8,13 +8,14 @@ open engines, `status` reports them, `clients` reaches engines (in-process or by
 
 from serve_app.router.compose import compose_router, compose_router_from_handles, router_config
 from serve_app.router.core import FallbackRouter
-from serve_app.router.types import AudioChunk, EngineLimits, RouterConfig, SpeechRequest
+from serve_app.router.types import AudioChunk, EngineLimits, RouterConfig, Sentence, SpeechRequest
 
 __all__ = [
     "AudioChunk",
     "EngineLimits",
     "FallbackRouter",
     "RouterConfig",
+    "Sentence",
     "SpeechRequest",
     "compose_router",
     "compose_router_from_handles",

@@ -40,7 +40,8 @@ What it does, and why:
   sentences, and of a failed attempt's heard part, comes first, so times only grow.
 - Spoken form (`SpeechRequest.normalize`): each sentence is turned into its spoken form
   (`serve_app.core.spoken.to_spoken`) by its own producer task, so only the first sentence's
-  normalisation adds to the time to first byte.
+  normalisation adds to the time to first byte; `stream` callers may hand over sentences already
+  normalised (`Sentence`: the realtime socket does it while the text arrives).
 - `instructions`: speed cues scale `speed` for every engine (within its range); engines that
   accept instructions also get the text (e.g. pitch and volume).
 - Within one request, an engine that failed a sentence is tried last for the following sentences
@@ -94,7 +95,7 @@ from serve_app.router.clients import EngineClient
 from serve_app.router.recovery import Recovery
 from serve_app.router.shared import BreakerSharing, LocalOnly
 from serve_app.router.status import EngineSlot, engine_status
-from serve_app.router.types import AudioChunk, RouterConfig, SpeechRequest
+from serve_app.router.types import AudioChunk, RouterConfig, Sentence, SpeechRequest
 
 logger = logging.getLogger(__name__)
 
@@ -311,13 +312,14 @@ class FallbackRouter:
             yield chunk
 
     async def stream(
-        self, request: SpeechRequest, sentences: AsyncIterator[str]
+        self, request: SpeechRequest, sentences: AsyncIterator[str | Sentence]
     ) -> AsyncGenerator[AudioChunk, None]:
         """Like `synthesize`, for sentences that arrive while audio is produced (the realtime socket).
 
         Each sentence must be speakable text (normalised and split by the caller: see
-        `serve_app.core.text.SentenceBuffer`). The stream ends when `sentences` ends and its audio
-        is out; closing it early cancels every sentence in flight.
+        `serve_app.core.text.SentenceBuffer`); a `Sentence` also carries its spoken form, which is
+        then spoken as it is. The stream ends when `sentences` ends and its audio is out; closing it
+        early cancels every sentence in flight.
         """
         self.validate(request)
         async for chunk in self._run(request, sentences, None):
@@ -388,7 +390,7 @@ class FallbackRouter:
 
     # ------------------------------------------------------------------ streaming
     async def _run(
-        self, request: SpeechRequest, sentences: AsyncIterator[str], total: int | None
+        self, request: SpeechRequest, sentences: AsyncIterator[str | Sentence], total: int | None
     ) -> AsyncIterator[AudioChunk]:
         """Sentences in, chunks out in order; up to `lookahead` sentences ahead are synthesized."""
         self.start()
@@ -407,8 +409,11 @@ class FallbackRouter:
                     job.task = asyncio.create_task(self._produce(job, total, request, state))
 
         async def feed() -> None:
-            async for text in sentences:
-                jobs.append(_SentenceJob(len(jobs), text, request.sample_rate))
+            async for item in sentences:
+                if isinstance(item, Sentence):
+                    jobs.append(_SentenceJob(len(jobs), item.text, request.sample_rate, spoken=item.spoken))
+                else:
+                    jobs.append(_SentenceJob(len(jobs), item, request.sample_rate))
                 launch(reading + self.config.lookahead)
                 arrived.set()
 
@@ -465,14 +470,14 @@ class FallbackRouter:
             await job.changed.wait()
 
     async def _spoken(self, job: _SentenceJob, request: SpeechRequest) -> str:
-        """The sentence as the engines should say it (part 4: spoken-form normalisation)."""
-        if not request.normalize:
-            return job.text
-        try:
-            spoken = await asyncio.to_thread(to_spoken, job.text, request.language)
-        except Exception as exc:  # normalisation improves speech; it must never lose it
-            logger.debug("spoken form failed (%s); sentence %d spoken as written", type(exc).__name__, job.index + 1)
-            return job.text
+        """The sentence as the engines should say it (part 4: spoken-form normalisation): as the caller
+        gave it (a `Sentence`), else normalised here when the request asks for it."""
+        spoken = job.spoken
+        if not spoken and request.normalize:
+            try:
+                spoken = await asyncio.to_thread(to_spoken, job.text, request.language)
+            except Exception as exc:  # normalisation improves speech; it must never lose it
+                logger.debug("spoken form failed (%s); sentence %d as written", type(exc).__name__, job.index + 1)
         return spoken if any(ch.isalnum() for ch in spoken) else job.text
 
     async def _produce(

@@ -96,6 +96,19 @@ class SpeechRequest:
     normalize: bool = True
 
 
+@dataclass(frozen=True)
+class Sentence:
+    """One sentence of `FallbackRouter.stream` whose spoken form the caller already made.
+
+    The realtime socket normalises a sentence while its tokens arrive (`serve_app.core.spoken_stream`),
+    so the router speaks `spoken` instead of normalising `text` again. A plain `str` sentence is
+    normalised by the router (when the request asks for it).
+    """
+
+    text: str  # as written
+    spoken: str  # what the engines say
+
+
 @dataclass
 class AudioChunk:
     """PCM at the requested rate, tagged with the engine that made it and its sentence index.

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from serve_app.core.timing import WordMark
-from serve_app.router import AudioChunk, FallbackRouter, RouterConfig, SpeechRequest
+from serve_app.router import AudioChunk, FallbackRouter, RouterConfig, Sentence, SpeechRequest
 from serve_app.router.clients import LocalEngineClient
 from tests.fakes.faulty import SAMPLE_RATE, FaultPlan, FaultyEngine, LocalControl, decode_runs, token_for
 
@@ -142,6 +142,22 @@ async def test_stream_speaks_sentences_as_they_arrive_in_order(rig: Rig) -> None
     tokens = [r.token for r in decode_runs(first.pcm + b"".join(c.pcm for c in rest))]
     assert tokens == [token_for(t) for t in ("Early bird.", "Second part.", "Third part.")]
     assert [c.sentence for c in rest][-1] == 2
+
+
+async def test_stream_speaks_a_sentence_with_its_spoken_form_as_given(rig: Rig) -> None:
+    """A `Sentence` (the realtime socket normalised it while it arrived) is spoken as handed over,
+    although the request asks for normalisation, and its words are the spoken ones; a plain `str`
+    sentence can follow in the same stream."""
+
+    async def items() -> AsyncIterator[str | Sentence]:
+        yield Sentence("It costs $5.", "It costs some money.")
+        yield "Plain words here."
+
+    request = SpeechRequest("", sample_rate=SAMPLE_RATE, normalize=True, timestamps=True)
+    chunks = [chunk async for chunk in rig.router.stream(request, items())]
+    tokens = [r.token for r in decode_runs(b"".join(c.pcm for c in chunks))]
+    assert tokens == [token_for("It costs some money."), token_for("Plain words here.")]
+    assert [w.word for w in words_of(chunks)][:4] == ["It", "costs", "some", "money"]
 
 
 async def test_closing_a_stream_cancels_every_sentence_in_flight(rig: Rig) -> None:
