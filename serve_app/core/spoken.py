@@ -71,6 +71,7 @@ import threading
 import time
 import unicodedata
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import metadata
@@ -439,15 +440,20 @@ class SpokenNormalizer:
         tokens = _TOKEN.findall(text)
         return any(self._is_candidate(tokens, i) for i in range(len(tokens)))
 
-    def normalize(self, text: str) -> str:
-        """The spoken form of `text`; the input unchanged when not ready, on failure, or for odd input."""
+    def normalize(self, text: str, known: Mapping[str, str] | None = None) -> str:
+        """The spoken form of `text`; the input unchanged when not ready, on failure, or for odd input.
+
+        `known` maps windows to their spoken form computed earlier (`stable_windows` and
+        `normalize_window`, while the sentence was still arriving): those cost nothing now, and the
+        result is the same as without them, since a window is always normalised on its own.
+        """
         try:
             if not isinstance(text, str) or not text.strip():
                 return text
             if self._state is not State.READY:
                 self._pass_through_not_ready()
                 return text
-            return self._normalize(text)
+            return self._normalize(text, known or {})
         except Exception as exc:
             logger.warning(
                 "spoken-form normalisation failed (%s) for %r; text kept as is",
@@ -462,7 +468,49 @@ class SpokenNormalizer:
             self._warned_not_ready = True
             logger.info("spoken-form normaliser %s; text passes through unchanged until it is ready", self._state.value)
 
-    def _normalize(self, text: str) -> str:
+    def stable_windows(self, prefix: str) -> list[str]:
+        """The windows of `prefix` (the start of a sentence still arriving) that no later text can change.
+
+        Whatever follows, the whole sentence's windows include these, character for character. Why:
+        the last token of `prefix` may still grow (unless whitespace follows it), and a token that
+        is not there yet may be a candidate, which covers the `margin_tokens` before it; coverage only
+        ever grows with more text. So a window is final once the token after it stays uncovered: it
+        ends at least `margin_tokens + 1` tokens before the last complete one ("on May 5" waits: a
+        "th" may follow). A bracket still open may be closed later and widen every window after
+        it to the whole pair, so windows after an open bracket wait too. Long runs cut at
+        `max_window_tokens` are cut from their start, so their early pieces are final as well.
+        Empty while the normaliser is not ready.
+        """
+        return self._window_texts(prefix, complete=False)
+
+    def windows(self, text: str) -> list[str]:
+        """The windows `normalize(text)` sends through NeMo, in order (empty while not ready)."""
+        return self._window_texts(text, complete=True)
+
+    def _window_texts(self, text: str, *, complete: bool) -> list[str]:
+        if self._triggers is None or not isinstance(text, str):
+            return []
+        matches = list(_TOKEN.finditer(text))
+        if not complete and matches and matches[-1].end() == len(text):
+            matches.pop()  # the last token may still grow
+        tokens = [m.group() for m in matches]
+        flags = [self._is_candidate(tokens, i) for i in range(len(tokens))]
+        if not any(flags):
+            return []
+        limit = len(tokens)
+        if not complete:
+            limit = min(len(tokens) - self.margin_tokens - 1, _first_open_bracket(tokens) - 1)
+        return [
+            text[matches[first].start() : matches[last].end()]
+            for first, last in self._windows(tokens, flags)
+            if last < limit
+        ]
+
+    def normalize_window(self, window: str) -> str:
+        """The spoken form of one window of `stable_windows` (memoised; the window on failure)."""
+        return self._normalize_window(window)
+
+    def _normalize(self, text: str, known: Mapping[str, str]) -> str:
         matches = list(_TOKEN.finditer(text))
         tokens = [m.group() for m in matches]
         flags = [self._is_candidate(tokens, i) for i in range(len(tokens))]
@@ -475,6 +523,11 @@ class SpokenNormalizer:
             start, end = matches[first].start(), matches[last].end()
             out.append(text[cursor:start])
             window = text[start:end]
+            spoken = known.get(window)
+            if spoken is not None:
+                out.append(spoken)
+                cursor = end
+                continue
             if time.perf_counter() > deadline:
                 logger.warning(
                     "spoken-form normalisation over its %.1f s budget; rest of %r kept as is",
@@ -581,6 +634,22 @@ def _warm(backend: _Backend) -> None:
 
 
 _OPENERS = {")": "(", "]": "[", "}": "{"}
+
+
+def _first_open_bracket(tokens: list[str]) -> int:
+    """Index of the first token whose opening bracket is still unclosed (len(tokens) if none), matched
+    the way `_cover_bracket_pairs` matches them."""
+    stack: list[tuple[str, int]] = []
+    for i, token in enumerate(tokens):
+        for ch in token:
+            if ch in "([{":
+                stack.append((ch, i))
+            elif ch in _OPENERS:
+                while stack and stack[-1][0] != _OPENERS[ch]:
+                    stack.pop()
+                if stack:
+                    stack.pop()
+    return stack[0][1] if stack else len(tokens)
 
 
 def _cover_bracket_pairs(tokens: list[str], covered: list[bool]) -> None:
