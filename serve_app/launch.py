@@ -154,6 +154,10 @@ class ShutdownSignals:
     Installed after `ray.init`, which sets its own SIGTERM handler (exit at once) in the driver.
     A repeat within SAME_STOP_WINDOW_S of the first is the same stop delivered twice, not an
     operator insisting, and is ignored.
+
+    While the drain waits (`deferring`), the later signal is only recorded and `check` raises it
+    between two polls: raised from the handler in the middle of `ray.get`, Ray would wrap it into a
+    `RaySystemError` and the launcher would exit 1 instead of 128 + signum.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -161,6 +165,23 @@ class ShutdownSignals:
         self.first_at = 0.0
         self.clock = clock
         self.requested = threading.Event()
+        self.forced: int | None = None
+        self._deferring = False
+
+    @contextlib.contextmanager
+    def deferring(self) -> Iterator[None]:
+        """Within: a forcing signal is raised by `check`, not by the handler."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        self.check()
+
+    def check(self) -> None:
+        """Raise `ForcedExit` if a forcing signal arrived."""
+        if self.forced is not None:
+            raise ForcedExit(self.forced)
 
     def install(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -180,7 +201,9 @@ class ShutdownSignals:
             return
         for other in (signal.SIGTERM, signal.SIGINT):  # a third signal kills the process outright
             signal.signal(other, signal.SIG_DFL)
-        raise ForcedExit(signum)
+        self.forced = signum
+        if not self._deferring:
+            raise ForcedExit(signum)
 
     def wait(self) -> int:
         while not self.requested.wait(1.0):
@@ -213,8 +236,11 @@ def own_process_group() -> Iterator[None]:
             os.setpgid(0, original)
 
 
-def drain(coordinator: Any, timeout_s: float) -> bool:
-    """Stop new speech and wait for the requests in flight; True when they all finished in time."""
+def drain(coordinator: Any, timeout_s: float, interrupt: Callable[[], None] | None = None) -> bool:
+    """Stop new speech and wait for the requests in flight; True when they all finished in time.
+
+    `interrupt` is called between polls and may raise to stop waiting (`ShutdownSignals.check`).
+    """
     from serve_app.drain.launcher import drain_proxies, request_drain, wait_drained
 
     started = time.monotonic()
@@ -224,6 +250,7 @@ def drain(coordinator: Any, timeout_s: float) -> bool:
         coordinator,
         timeout_s,
         proxies=proxies,
+        interrupt=interrupt,
         on_progress=lambda s, elapsed: logger.info(
             "draining: %d request(s) in flight on %d replica(s) (%.0fs of %.0fs)",
             s.in_flight,
@@ -293,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         signum = signals.wait()
         name = signal.Signals(signum).name
         logger.info("%s: draining for up to %.0fs (a second signal exits at once)", name, timeout_s)
-        if drain(coordinator, timeout_s):
+        with signals.deferring():
+            drained = drain(coordinator, timeout_s, signals.check)
+        if drained:
             serve.shutdown()  # nothing in flight: replicas stop at once
         # After a timed-out drain, skip serve.shutdown: it would wait graceful_shutdown_timeout_s
         # again for the same requests; tearing the cluster down ends them now.

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from config.settings import Settings
+from serve_app.core.replica import serve_replica_id
 from serve_app.db.database import Database
 from serve_app.db.lifecycle import UsageRecorder, open_database
 from serve_app.db.sessions import SessionStore
@@ -32,12 +33,13 @@ class AppState:
     database: Database | None = None
     sessions: SessionStore | None = None
     usage: UsageRecorder | None = None
+    replica: str | None = None  # this Serve replica's full id; None outside Serve
 
 
 @contextlib.asynccontextmanager
 async def open_state(settings: Settings, router: FallbackRouter, drain: ReplicaDrain) -> AsyncIterator[AppState]:
     """The replica's state for as long as the app runs (the FastAPI lifespan)."""
-    state = AppState(settings=settings, router=router, drain=drain)
+    state = AppState(settings=settings, router=router, drain=drain, replica=serve_replica_id())
     async with contextlib.AsyncExitStack() as stack:
         opened = await stack.enter_async_context(open_database(settings))
         state.database, state.sessions, state.usage = opened.database, opened.sessions, opened.usage
@@ -46,6 +48,6 @@ async def open_state(settings: Settings, router: FallbackRouter, drain: ReplicaD
         stack.push_async_callback(state.voices.aclose)
         router.start()
         stack.push_async_callback(router.aclose)
-        await stack.enter_async_context(watching(drain))
+        await stack.enter_async_context(watching(drain, state.replica))
         await stack.enter_async_context(refreshing(router, opened.database))
         yield state

@@ -24,7 +24,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from config.logging import truncate
-from serve_app.api.deps import DrainDep, RouterDep, UsageDep, VoiceStoreDep, require_api_key
+from serve_app.api.deps import DrainDep, RouterDep, StateDep, UsageDep, VoiceStoreDep, require_api_key
 from serve_app.api.errors import error_body
 from serve_app.core.audio import StreamEncoder
 from serve_app.core.errors import AllEnginesFailed, Draining, InvalidInput, ServiceError, ServiceUnavailable
@@ -317,8 +317,17 @@ async def list_models() -> dict[str, Any]:
 
 
 @router.get("/v1/engines")
-async def list_engines(tts: RouterDep) -> dict[str, Any]:
-    """This replica's view of each engine: availability, breaker, counters, TTFB, capabilities."""
+async def list_engines(tts: RouterDep, state: StateDep) -> dict[str, Any]:
+    """This replica's view of each engine: availability, breaker, counters, TTFB, capabilities.
+
+    `replica` names the ingress replica that answered (None outside Serve): each replica has its
+    own router, counters and breaker cache, so two answers can differ, and this says whose is whose.
+    """
     status = await tts.engines_status()
     about = {d["name"]: d for d in registry.describe([e["name"] for e in status])}
-    return {"object": "list", "chain": list(tts.chain), "data": [{**about[e["name"]], **e} for e in status]}
+    return {
+        "object": "list",
+        "replica": state.replica,
+        "chain": list(tts.chain),
+        "data": [{**about[e["name"]], **e} for e in status],
+    }

@@ -16,6 +16,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def serve_replica_id() -> str | None:
+    """This Serve replica's full id (`ReplicaID.to_full_id_str()`), or None outside a replica.
+
+    The full id is also the replica actor's name in Serve's namespace, so whoever holds it can tell
+    a replica that died from one that is merely quiet (the drain does), and it names the replica in
+    what an ingress replica says about itself (`/v1/engines`).
+    """
+    try:
+        from ray import serve
+
+        return serve.get_replica_context().replica_id.to_full_id_str()
+    except Exception:  # plain uvicorn, in-process tests: no replica context
+        return None
+
+
 @dataclass(frozen=True)
 class ReplicaTag:
     """Which replica of an engine deployment serves this stream (Serve's replica id)."""

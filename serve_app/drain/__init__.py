@@ -6,11 +6,13 @@ the proxy or the engines while answers are still being spoken. So the launcher
 (`python -m serve_app.launch`) drains first and only then shuts Serve down:
 
 - `DrainTally` (plain class, unit-tested without Ray) holds the `draining` flag and the in-flight
-  count each ingress replica last reported, with the time of the report, so the count of a replica
-  that died stops counting after `stale_after_s`. A report also says whether the replica already
-  knew about the drain when it counted: the drain is over only when every live replica has counted
-  with the flag set (a request it admitted just before seeing the flag is then in the count) and
-  the counts add up to zero.
+  count each ingress replica last reported, with the time of the report. A report also says whether
+  the replica already knew about the drain when it counted: the drain is over only when every live
+  replica has sent a fresh count (received after the drain began, at most two report periods ago)
+  made with the flag set (a request it admitted just before seeing the flag is then in the count),
+  and those counts are zero. A stale zero proves nothing (the replica may have admitted requests
+  since and then gone quiet), so a quiet replica is waited for until its actor is gone (a replica
+  reports its full id, which is its actor's name); what a dead replica had in flight died with it.
 - `DrainCoordinator` is that tally in a named Ray actor (0 CPUs). The launcher creates it before
   deploying, so it lives exactly as long as the launcher's cluster; under plain `serve run` there is
   no coordinator and replicas never drain.

@@ -11,8 +11,17 @@ COORDINATOR_NAMESPACE = "tts"
 REPORT_INTERVAL_S = 0.5
 LOOKUP_RETRY_S = 5.0  # no coordinator (plain `serve run`): look again now and then, not every tick
 REPORT_TIMEOUT_S = 2.0
-STALE_AFTER_S = 5.0
+# A report speaks for its replica this long: two report periods, so one late report does not stall
+# the drain, but a zero counted seconds ago (the replica may have admitted requests since, then gone
+# quiet) never ends it.
+FRESH_FOR_S = 2 * REPORT_INTERVAL_S
 RETRY_AFTER_S = 5
+
+ReplicaGone = Callable[[str], bool]
+
+
+def _never_gone(replica_id: str) -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -25,25 +34,40 @@ class ReplicaReport:
 @dataclass(frozen=True)
 class DrainStatus:
     draining: bool
-    in_flight: int  # summed over replicas with a fresh report
-    replicas: int  # replicas with a fresh report
-    unacked: int  # fresh replicas that have not yet counted with the flag set
+    in_flight: int  # summed over the live replicas' latest reports
+    replicas: int  # live replicas (reported, not known to be gone)
+    unconfirmed: int  # live replicas without a fresh report counted with the flag set since the drain began
 
     @property
     def drained(self) -> bool:
-        return self.draining and self.in_flight == 0 and self.unacked == 0
+        return self.draining and self.in_flight == 0 and self.unconfirmed == 0
 
 
 class DrainTally:
-    """The drain flag and the replicas' in-flight counts; expiry keeps a dead replica from blocking."""
+    """The drain flag and the replicas' in-flight counts.
 
-    def __init__(self, stale_after_s: float = STALE_AFTER_S, clock: Callable[[], float] = time.monotonic) -> None:
-        self.stale_after_s = stale_after_s
+    A replica counts as drained only by a fresh report of zero, taken with the flag set, received
+    after the drain began and at most `fresh_for_s` ago. A replica that went quiet is waited for (its
+    last zero may be stale: it can have admitted requests after it) until `gone` says it no longer
+    exists; only then is it forgotten, since whatever it had in flight died with it.
+    """
+
+    def __init__(
+        self,
+        fresh_for_s: float = FRESH_FOR_S,
+        clock: Callable[[], float] = time.monotonic,
+        gone: ReplicaGone = _never_gone,
+    ) -> None:
+        self.fresh_for_s = fresh_for_s
         self.clock = clock
+        self.gone = gone
         self.draining = False
+        self.drain_started_at: float | None = None
         self._reports: dict[str, ReplicaReport] = {}
 
     def request_drain(self) -> None:
+        if self.drain_started_at is None:
+            self.drain_started_at = self.clock()
         self.draining = True
 
     def report(self, replica_id: str, in_flight: int, acked: bool) -> bool:
@@ -51,23 +75,58 @@ class DrainTally:
         self._reports[replica_id] = ReplicaReport(max(0, int(in_flight)), bool(acked), self.clock())
         return self.draining
 
+    def _confirms(self, report: ReplicaReport, now: float) -> bool:
+        """Whether this report is a count the drain can trust: fresh, acknowledged, after the start."""
+        started = self.drain_started_at
+        return (
+            report.acked
+            and started is not None
+            and report.at >= started
+            and now - report.at <= self.fresh_for_s
+        )
+
     def status(self) -> DrainStatus:
         now = self.clock()
-        self._reports = {rid: r for rid, r in self._reports.items() if now - r.at <= self.stale_after_s}
-        fresh = self._reports.values()
+        # Only quiet replicas are asked about: a fresh report is proof of life, and `gone` may cost a call.
+        self._reports = {
+            rid: r for rid, r in self._reports.items() if now - r.at <= self.fresh_for_s or not self.gone(rid)
+        }
+        live = self._reports.values()
         return DrainStatus(
             draining=self.draining,
-            in_flight=sum(r.in_flight for r in fresh),
+            in_flight=sum(r.in_flight for r in live),
             replicas=len(self._reports),
-            unacked=sum(1 for r in fresh if not r.acked),
+            unconfirmed=sum(1 for r in live if not self._confirms(r, now)),
         )
+
+
+def replica_actor_gone(replica_id: str) -> bool:
+    """Whether the Serve replica whose actor is named `replica_id` no longer exists.
+
+    Replicas report their full id (`ReplicaID.to_full_id_str()`), which is their actor's name in
+    Serve's namespace; Ray frees the name when the actor dies. Any other id, or an unanswered
+    lookup, is not proof of death, so the replica is waited for (up to the launcher's timeout).
+    """
+    import ray
+    from ray.serve._private.common import ReplicaID
+    from ray.serve._private.constants import SERVE_NAMESPACE
+
+    if not ReplicaID.is_full_id_str(replica_id):
+        return False
+    try:
+        ray.get_actor(replica_id, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return True
+    except Exception:
+        return False
+    return False
 
 
 class _CoordinatorActor:
     """The tally behind a Ray actor handle (wrapped by `ray.remote` in `get_or_create_coordinator`)."""
 
     def __init__(self) -> None:
-        self.tally = DrainTally()
+        self.tally = DrainTally(gone=replica_actor_gone)
 
     def request_drain(self) -> None:
         self.tally.request_drain()
@@ -77,5 +136,3 @@ class _CoordinatorActor:
 
     def status(self) -> DrainStatus:
         return self.tally.status()
-
-

@@ -68,13 +68,19 @@ def wait_drained(
     poll_s: float = 0.25,
     on_progress: Callable[[DrainStatus, float], None] | None = None,
     progress_every_s: float = 2.0,
+    interrupt: Callable[[], None] | None = None,
 ) -> bool:
-    """Poll until every live replica, then every proxy, has drained (True) or `timeout_s` passes."""
+    """Poll until every live replica, then every proxy, has drained (True) or `timeout_s` passes.
+
+    `interrupt` runs between polls; what it raises ends the wait (a forcing shutdown signal).
+    """
     import ray
 
     started = time.monotonic()
     last_progress = started
     while True:
+        if interrupt is not None:
+            interrupt()
         status: DrainStatus = ray.get(coordinator.status.remote(), timeout=30)
         now = time.monotonic()
         if status.drained and _proxies_drained(proxies or []):

@@ -94,20 +94,11 @@ class DrainWatcher:
             await asyncio.sleep(self.interval_s)
 
 
-def _replica_id() -> str | None:
-    """This Serve replica's id, or None outside a replica (plain uvicorn, in-process tests)."""
-    try:
-        from ray import serve
-
-        return str(serve.get_replica_context().replica_id)
-    except Exception:
-        return None
-
-
 @contextlib.asynccontextmanager
-async def watching(state: ReplicaDrain) -> AsyncIterator[None]:
-    """Run a `DrainWatcher` while the app lives, in Serve replicas only (nowhere to report elsewhere)."""
-    replica_id = _replica_id()
+async def watching(state: ReplicaDrain, replica_id: str | None) -> AsyncIterator[None]:
+    """Run a `DrainWatcher` while the app lives, in Serve replicas only (`replica_id` None: nowhere to
+    report). The id is the replica's full id, its actor's name: the coordinator tells a replica that
+    died (forgotten) from one that is merely quiet (waited for) by it."""
     if replica_id is None:
         yield
         return

@@ -31,7 +31,7 @@ def test_drained_needs_every_replica_to_count_with_the_flag_set() -> None:
     assert tally.report("r1", 0, acked=False) is False
     tally.request_drain()
     # r1's last count was made before it knew: a request admitted meanwhile would be missing.
-    assert tally.status().unacked == 1 and not tally.status().drained
+    assert tally.status().unconfirmed == 1 and not tally.status().drained
     assert tally.report("r1", 2, acked=True) is True
     assert tally.status().in_flight == 2 and not tally.status().drained
     tally.report("r1", 0, acked=True)
@@ -51,15 +51,56 @@ def test_counts_add_up_over_replicas() -> None:
     assert tally.status().drained
 
 
-def test_a_dead_replicas_count_expires() -> None:
+def test_a_stale_zero_does_not_end_the_drain_a_fresh_one_does() -> None:
     clock = ManualClock()
-    tally = DrainTally(stale_after_s=5.0, clock=clock)
+    tally = DrainTally(fresh_for_s=1.0, clock=clock)
     tally.request_drain()
-    tally.report("dead", 3, acked=True)
-    clock.now += 3.0
+    tally.report("quiet", 0, acked=True)
+    tally.report("busy", 1, acked=True)
+    clock.now += 0.5
+    tally.report("busy", 0, acked=True)
+    assert tally.status().drained  # both zeros are fresh
+    clock.now += 5.0  # "quiet" went quiet after its zero: it may have admitted requests since
+    tally.report("busy", 0, acked=True)
+    status = tally.status()
+    assert (status.replicas, status.unconfirmed, status.drained) == (2, 1, False)
+    clock.now += 60.0  # however long it stays quiet
+    tally.report("busy", 0, acked=True)
+    assert not tally.status().drained
+    tally.report("quiet", 0, acked=True)
+    assert tally.status().drained
+
+
+def test_a_zero_from_before_the_drain_does_not_count() -> None:
+    clock = ManualClock()
+    tally = DrainTally(fresh_for_s=1.0, clock=clock)
+    tally.report("r1", 0, acked=True)  # acknowledged a flag, but this drain had not begun
+    clock.now += 0.1
+    tally.request_drain()
+    assert not tally.status().drained
+    clock.now += 0.1
+    tally.report("r1", 0, acked=True)
+    assert tally.status().drained
+
+
+def test_a_quiet_replica_is_forgotten_only_once_it_is_gone() -> None:
+    clock = ManualClock()
+    dead: set[str] = set()
+    asked: list[str] = []
+
+    def gone(replica_id: str) -> bool:
+        asked.append(replica_id)
+        return replica_id in dead
+
+    tally = DrainTally(fresh_for_s=1.0, clock=clock, gone=gone)
+    tally.request_drain()
+    tally.report("dying", 3, acked=True)
     tally.report("alive", 0, acked=True)
-    assert tally.status().in_flight == 3
-    clock.now += 2.5  # "dead" last reported 5.5 s ago, "alive" 2.5 s ago
+    assert tally.status().in_flight == 3 and asked == []  # fresh reports are proof of life
+    clock.now += 2.0
+    tally.report("alive", 0, acked=True)
+    assert not tally.status().drained and asked == ["dying"]  # quiet, but still there
+    dead.add("dying")  # its requests died with it
     status = tally.status()
     assert (status.in_flight, status.replicas, status.drained) == (0, 1, True)
 
@@ -101,7 +142,7 @@ async def test_watcher_reports_picks_up_the_flag_and_acknowledges(replica_state:
     tally.request_drain()
     await watcher.tick()
     assert replica_state.draining
-    assert tally.status().unacked == 1  # that count was taken before the flag arrived
+    assert tally.status().unconfirmed == 1  # that count was taken before the flag arrived
     replica_state.in_flight = 0
     await watcher.tick()
     assert tally.status().drained

@@ -33,3 +33,20 @@ def test_a_later_signal_forces_the_exit_with_its_number() -> None:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def test_while_the_drain_waits_a_later_signal_is_raised_between_polls_not_inside_them() -> None:
+    clock = ManualClock(50)
+    signals = ShutdownSignals(clock=clock)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        signals._handle(signal.SIGTERM, None)
+        clock.now += SAME_STOP_WINDOW_S + 0.5
+        with pytest.raises(ForcedExit) as raised, signals.deferring():
+            signals._handle(signal.SIGINT, None)  # arrives in the middle of a poll: only recorded
+            assert signals.forced == signal.SIGINT
+            signals.check()  # the next poll raises it
+        assert raised.value.signum == signal.SIGINT
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
