@@ -172,6 +172,11 @@ def test_a_dead_engine_is_skipped_by_two_ingress_replicas_and_two_agents_after_m
             assert ray.get([a.speak.remote("Hello there.") for a in agents]) == [[CODES["zonos"]]] * 2
             assert speak_http(client, "Hello there.") == ("zonos", [CODES["zonos"]])
             before = replica_views(client)
+            # The name a replica gives is its actor's: the drain coordinator finds live ones by it.
+            from serve_app.drain.coordinator import replica_actor_gone
+
+            assert not any(replica_actor_gone(replica) for replica in before)
+            assert replica_actor_gone(next(iter(before)) + "-gone")
             ray.get(board.clear.remote(SLOTS["zonos"]))
 
             # The primary dies. One request at a time, round robin: HTTP, agent 0, HTTP, agent 1.
