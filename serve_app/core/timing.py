@@ -128,12 +128,18 @@ class WordAligner:
         self._current: int | None = None  # the token being voiced
         self._start = 0.0
         self._end = 0.0
+        self._heard = ""  # the current token's marks so far, as keys
 
     def feed(self, mark: WordMark) -> list[TimedWord]:
         """The words completed by this mark (zero or one)."""
         key = _key(mark.word)
         if not key:
             return []  # punctuation boundaries carry no word
+        if self._current is not None and self.tokens[self._current].key.startswith(self._heard + key):
+            # The token spelled out piece by piece ("PM" as "p", "m"): the "m" must not start "more".
+            self._heard += key
+            self._end = max(self._end, mark.end_s)
+            return []
         found = None
         for index in range(self._next, min(len(self.tokens), self._next + self.LOOKAHEAD)):
             if _matches(key, self.tokens[index].key):
@@ -151,6 +157,7 @@ class WordAligner:
         done = self._close()
         self._current, self._next = found, found + 1
         self._start, self._end = mark.start_s, max(mark.start_s, mark.end_s)
+        self._heard = key
         return done
 
     def finish(self) -> list[TimedWord]:

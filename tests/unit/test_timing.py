@@ -34,6 +34,18 @@ def test_aligner_maps_engine_words_onto_the_text_and_merges_expansions() -> None
     assert all(text[w.offset:].startswith(w.word[:2]) for w in words)
 
 
+def test_aligner_keeps_a_spelled_out_acronym_on_its_token() -> None:
+    """Flite says "PM" as "p", "m": the "m" continues "PM" and must not jump ahead to "more"."""
+    text = "at three thirty PM, so nothing more is due."
+    engine = marks(
+        ("at", 0.0, 0.1), ("three", 0.1, 0.4), ("thirty", 0.4, 0.8), ("p", 0.8, 0.9), ("m", 0.9, 1.0),
+        ("so", 1.1, 1.3), ("nothing", 1.3, 1.7), ("more", 1.7, 1.9), ("is", 1.9, 2.0), ("due", 2.0, 2.3),
+    )
+    words = align_marks(text, engine)
+    assert [w.word for w in words] == ["at", "three", "thirty", "PM", "so", "nothing", "more", "is", "due"]
+    assert (words[3].start_s, words[3].end_s) == (0.8, 1.0)
+
+
 def test_aligner_streams_a_word_once_the_next_one_starts() -> None:
     aligner = WordAligner("one two")
     assert aligner.feed(WordMark("one", 0.0, 0.3)) == []
