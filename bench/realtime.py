@@ -24,6 +24,13 @@ another (never concurrently, so they do not steal CPU from each other), per engi
    the service sent, plus the MP3 codec delay measured on the audio itself by cross-correlation).
    Target: within 50 ms. For reference, how far the estimate that engines without alignment get
    (serve_app.core.timing.estimate_words) lands from Flite's exact times.
+4. Spoken-form normalisation (`--parts normalize`): number-heavy sentences streamed as LLM-like
+   tokens (words with their leading space, digits in short groups, symbols alone) at
+   `--tokens-per-s` (40), each run on a fresh socket; time from the token that completes the
+   sentence to the first audio frame with `normalize` on and off (alternating), the added time and
+   its share of first byte (target <= 10%). The socket normalises what is stable of a sentence while
+   it arrives (serve_app.core.spoken_stream), so only its tail is left at the end. The same for HTTP
+   (`normalize` true/false on one `pcm` request: the whole sentence is normalised before synthesis).
 """
 
 from __future__ import annotations
@@ -58,6 +65,15 @@ TIMING_TEXT = (
     "It should arrive on Thursday, weather permitting; please keep your phone nearby."
 )
 PCM_RATE = 24000
+# Number-heavy agent sentences, already cut into LLM-like tokens (the last one completes the sentence).
+NUMBER_SENTENCES = [
+    ["Your", " total", " of", " $", "45", ".", "20", " for", " 3", " items", " was", " paid", " on", " March",
+     " 21", " at", " 3", ":", "30", " pm", ",", " so", " nothing", " more", " is", " due", " today", ". "],
+    ["I", " can", " refund", " $", "1", ",", "249", ".", "99", " to", " the", " card", " ending", " in", " 432",
+     "1", " within", " 5", " to", " 7", " business", " days", ". "],
+    ["Your", " appointment", " is", " on", " Tuesday", ",", " March", " 21", ",", " 202", "4", " at", " 10",
+     ":", "45", " AM", " with", " Dr", ".", " Smith", " in", " room", " 582", ". "],
+]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -151,6 +167,71 @@ async def first_audio(url: str, engine: str, runs: int) -> dict[str, Any]:
         "ratio_p50": round(ratio, 2),
         "ratio_p95": round(pct(completed, 0.95) / pct(http, 0.95), 2),
         "ratio_flush_p50": round(statistics.median(flushed) / statistics.median(http), 2),
+    }
+
+
+# ---------------------------------------------------------------------------------- normalisation
+async def wait_normalizer(url: str, timeout_s: float = 60.0) -> None:
+    """The replica loads the normaliser in the background: wait until a socket speaks "5" as a word."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        async with connect(ws_url(url)) as ws:
+            await send(ws, "session.update", response_format="pcm", engine="flite", timestamps=True)
+            await send(ws, "input_text.append", text="It is 5 now.")
+            await send(ws, "input_text.flush")
+            events, _ = await until(ws, "flushed")
+        if "five" in [e["word"].lower() for e in events if e["type"] == "word"]:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("the spoken-form normaliser did not become ready")
+        await asyncio.sleep(1.0)
+
+
+async def normalization(url: str, engine: str, runs: int, tokens_per_s: float) -> dict[str, Any]:
+    """Sentence end to first audio (socket, tokens at `tokens_per_s`) and HTTP TTFB, normalise on/off."""
+    gap_s = 1.0 / tokens_per_s
+    ws_times: dict[bool, list[float]] = {True: [], False: []}
+    http_times: dict[bool, list[float]] = {True: [], False: []}
+
+    async def socket_run(tokens: list[str], normalize: bool) -> float:
+        async with connect(ws_url(url)) as ws:
+            await send(ws, "session.update", response_format="pcm", engine=engine, normalize=normalize)
+            for token in tokens[:-1]:
+                await send(ws, "input_text.append", text=token)
+                await asyncio.sleep(gap_s)
+            started = time.perf_counter()
+            await send(ws, "input_text.append", text=tokens[-1])
+            async with asyncio.timeout(60):
+                while not isinstance(await ws.recv(), bytes):
+                    pass
+            elapsed = time.perf_counter() - started
+            await send(ws, "cancel")
+            await until(ws, "cancelled")
+        return elapsed
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        for run in range(runs + 2):  # two warm-up rounds
+            for tokens in NUMBER_SENTENCES:
+                text = "".join(tokens).strip()
+                for normalize in ((True, False) if run % 2 else (False, True)):
+                    body: dict[str, object] = {"model": "tts-1", "voice": "alloy", "input": text,
+                                               "response_format": "pcm", "engine": engine, "normalize": normalize}
+                    http = (await timed_post(client, f"{url}/v1/audio/speech", body)).ttfb_s
+                    ws = await socket_run(tokens, normalize)
+                    if run >= 2:
+                        http_times[normalize].append(http)
+                        ws_times[normalize].append(ws)
+
+    def compare(times: dict[bool, list[float]]) -> dict[str, Any]:
+        on, off = statistics.median(times[True]), statistics.median(times[False])
+        return {"normalize_on_ms": summary_ms(times[True]), "normalize_off_ms": summary_ms(times[False]),
+                "added_p50_ms": round((on - off) * 1000, 1), "added_share_of_first_byte": round((on - off) / off, 3)}
+
+    return {
+        "sentences": ["".join(t).strip() for t in NUMBER_SENTENCES],
+        "tokens_per_s": tokens_per_s,
+        "ws_sentence_end_to_audio": compare(ws_times),
+        "http_ttfb": compare(http_times),
     }
 
 
@@ -369,8 +450,12 @@ def deployment(realtime_factor: float) -> Iterator[tuple[str, Any]]:
             serve_local.stop()
 
 
-async def measure(url: str, fake: Any, runs: int, engines: list[str], parts: list[str]) -> dict[str, Any]:
+async def measure(
+    url: str, fake: Any, runs: int, engines: list[str], parts: list[str], tokens_per_s: float = 40.0
+) -> dict[str, Any]:
     report: dict[str, Any] = {}
+    if "normalize" in parts:
+        await wait_normalizer(url)
     for engine in engines:
         report[engine] = {}
         if "first_audio" in parts:
@@ -384,6 +469,9 @@ async def measure(url: str, fake: Any, runs: int, engines: list[str], parts: lis
             report[engine]["barge_in_engines_idle"] = {
                 "cancel_ack_ms": (await barge_in(url, engine, runs, None, delay_s=1.5))["cancel_ack_ms"]
             }
+        if "normalize" in parts:
+            print(f"[{engine}] normalisation ...", flush=True)
+            report[engine]["normalize"] = await normalization(url, engine, runs, tokens_per_s)
         if "word_timing" in parts:
             print(f"[{engine}] word timing ...", flush=True)
             report[engine]["word_timing"] = await word_timing(url, engine, fake)
@@ -395,7 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.realtime", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--engines", default="flite,edge")
-    parser.add_argument("--parts", default="first_audio,barge_in,word_timing")
+    parser.add_argument("--parts", default="first_audio,barge_in,word_timing,normalize")
+    parser.add_argument("--tokens-per-s", type=float, default=40.0,
+                        help="pace of the tokens in the normalisation part (an LLM streams 30-60)")
     parser.add_argument("--edge-realtime-factor", type=float, default=4.0,
                         help="the fake Edge service streams audio this many times faster than real time")
     parser.add_argument("--report", type=Path, default=None, help="write the figures as JSON here")
@@ -404,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
 
     load = os.getloadavg()
     with deployment(args.edge_realtime_factor) as (url, fake):
-        report = asyncio.run(measure(url, fake, args.runs, args.engines.split(","), args.parts.split(",")))
+        report = asyncio.run(measure(url, fake, args.runs, args.engines.split(","), args.parts.split(","),
+                                     args.tokens_per_s))
     report["host"] = {"cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in load],
                       "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
     if args.report:

@@ -31,6 +31,10 @@ How it is built:
   paces itself like a real-time listener: it never runs more than `AUDIO_LEAD_S` of audio ahead of
   real time. Text waiting to be spoken is capped (`pending_limit`: an append past it is refused
   with `buffer_full`), and the router synthesizes at most its look-ahead of sentences ahead.
+- Spoken form (`normalize`, on by default): while a sentence is still arriving, the parts of it no
+  later text can change are normalised in a worker thread (`serve_app.core.spoken_stream`); when it
+  is complete only its tail is left, and the router gets it with its spoken form (`Sentence`), so
+  normalisation adds little to the time from a sentence's last token to its first audio.
 - Auth is the HTTP API's: a bearer header, or an `api_key` query parameter (browsers cannot set
   headers on a WebSocket). Browser origins are checked against the CORS policy (browsers do not
   apply CORS to WebSockets). A draining replica refuses new sockets and closes idle ones (1012).
@@ -43,7 +47,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -69,9 +73,11 @@ from serve_app.api.speech import (
 )
 from serve_app.core.audio import StreamEncoder, pcm_duration
 from serve_app.core.errors import InvalidInput, PayloadTooLarge, ServiceError, ServiceUnavailable, Unauthorized
+from serve_app.core.spoken import SpokenNormalizer, get_normalizer, language_key
+from serve_app.core.spoken_stream import SpokenFeed
 from serve_app.core.text import SentenceBuffer
 from serve_app.engines import registry
-from serve_app.router import FallbackRouter, SpeechRequest
+from serve_app.router import FallbackRouter, Sentence, SpeechRequest
 from serve_app.state import AppState
 
 logger = logging.getLogger(__name__)
@@ -147,6 +153,9 @@ class Segment:
     """Consecutive sentences spoken with one voicing: one router stream, one encoder."""
 
     voicing: Voicing
+    # The spoken form of a complete sentence, mostly computed while it arrived (None: the router
+    # normalises, or not, as the voicing says).
+    spoken: Callable[[str], Awaitable[str]] | None = None
     flush: bool = False  # send `flushed` once its audio is out
     closed: bool = False
     texts: list[tuple[int, str]] = field(default_factory=list)  # (session sentence index, text)
@@ -162,9 +171,9 @@ class Segment:
             self.closed = True
             self.queue.put_nowait(None)
 
-    async def sentences(self) -> AsyncIterator[str]:
+    async def sentences(self) -> AsyncIterator[str | Sentence]:
         while (sentence := await self.queue.get()) is not None:
-            yield sentence
+            yield sentence if self.spoken is None else Sentence(sentence, await self.spoken(sentence))
 
 
 class Pacer:
@@ -226,8 +235,16 @@ async def speech_stream(websocket: WebSocket) -> None:
 class RealtimeSession:
     """One socket: the receiver (`run`), the player task, and the drain watcher."""
 
-    def __init__(self, websocket: WebSocket, state: AppState) -> None:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        state: AppState,
+        normalizers: Callable[[str | None], SpokenNormalizer | None] = get_normalizer,
+    ) -> None:
         self.ws = websocket
+        self.normalizers = normalizers
+        self.feed: SpokenFeed | None = None  # spoken form of the sentence being written, as it arrives
+        self.feed_language: str | None = None
         self.state = state
         self.tts: FallbackRouter = state.router
         self.voicing = Voicing()
@@ -264,6 +281,8 @@ class RealtimeSession:
         finally:
             watcher.cancel()
             await self._stop_player()
+            if self.feed is not None:
+                self.feed.close()
             logger.debug("realtime socket closed after %.1fs, %d sentences", time.monotonic() - self.started,
                           self.sentence_count)
 
@@ -312,11 +331,33 @@ class RealtimeSession:
             )
         for sentence in self.buffer.append(text):  # InvalidInput leaves the buffer as it was
             self._queue(sentence)
+        feed = self._feed()
+        if feed is not None:  # normalise what is stable of the sentence being written, meanwhile
+            feed.update(self.buffer.text)
+
+    def _feed(self) -> SpokenFeed | None:
+        """The incremental normaliser for the current voicing (None: normalisation off, or no
+        normaliser for its language); a language change starts a new one."""
+        if not self.voicing.normalize:
+            return None
+        language = language_key(self.voicing.language)
+        if self.feed is None or self.feed_language != language:
+            if self.feed is not None:
+                self.feed.close()
+            normalizer = self.normalizers(self.voicing.language)
+            self.feed = SpokenFeed(normalizer) if normalizer is not None else None
+            self.feed_language = language
+        return self.feed
+
+    def _new_segment(self) -> Segment:
+        feed = self._feed()
+        segment = Segment(self.voicing, spoken=feed.spoken if feed is not None else None)
+        self.segments.put_nowait(segment)
+        return segment
 
     def _queue(self, sentence: str) -> None:
         if self.open is None:
-            self.open = Segment(self.voicing)
-            self.segments.put_nowait(self.open)
+            self.open = self._new_segment()
         self.open.add(self.sentence_count, sentence)
         self.sentence_count += 1
         self.queued_chars += len(sentence)
@@ -325,8 +366,7 @@ class RealtimeSession:
         for sentence in self.buffer.flush():
             self._queue(sentence)
         if self.open is None:  # nothing new to speak: `flushed` still follows what is queued
-            self.open = Segment(self.voicing)
-            self.segments.put_nowait(self.open)
+            self.open = self._new_segment()
         self.open.close(flush=True)
         self.open = None
 
@@ -352,6 +392,8 @@ class RealtimeSession:
         """Barge-in: drop the buffer and every segment, stop the engines, then say so."""
         dropped = len(self.buffer.clear())
         self.open = None
+        if self.feed is not None:
+            self.feed.close()
         while not self.segments.empty():
             self.segments.get_nowait()
         await self._stop_player()

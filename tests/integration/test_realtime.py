@@ -91,6 +91,39 @@ async def test_fragments_split_mid_word_then_flush(ws: ClientConnection, edge_se
     assert not [e for e in got if e["type"] == "error"]
 
 
+NUMBERS = "Your total of $45.20 for 3 items was paid on March 21 at 3:30 pm, so nothing more is due today."
+# How an LLM's tokens cut it: words with their leading space, digits in short groups, symbols alone.
+NUMBER_TOKENS = ["Your", " total", " of", " $", "45", ".", "20", " for", " 3", " items", " was", " paid", " on",
+                 " March", " 21", " at", " 3", ":", "30", " pm", ",", " so", " nothing", " more", " is", " due",
+                 " today", ". "]
+
+
+async def test_number_heavy_sentence_in_tokens_gets_spoken_words(ws: ClientConnection) -> None:
+    """Streamed token by token with timestamps on (normalisation is the default): the words are the
+    spoken ones, the sentence event keeps the text as written. The replica loads the normaliser in
+    the background at start (text passes through until then), so a first try may come back as written."""
+    assert "".join(NUMBER_TOKENS).strip() == NUMBERS
+    await send(ws, "session.update", response_format="pcm", timestamps=True, engine="flite")
+    words: list[str] = []
+    for _ in range(30):
+        for token in NUMBER_TOKENS:
+            await send(ws, "input_text.append", text=token)
+        await send(ws, "input_text.flush")
+        got, pcm = await until(ws, "flushed")
+        assert not [e for e in got if e["type"] == "error"]
+        assert [e["text"] for e in got if e["type"] == "sentence.start"] == [NUMBERS]
+        words = [e["word"].lower() for e in got if e["type"] == "word"]
+        if not any(ch.isdigit() for w in words for ch in w):
+            break
+        await asyncio.sleep(0.5)  # the normaliser is still loading
+    spoken = " ".join(words)
+    for phrase in ("forty five dollars", "twenty cents", "three items", "march twenty first",
+                   "three thirty", "nothing more is due today"):
+        assert phrase in spoken, spoken
+    assert not any(ch.isdigit() or ch in "$:" for ch in spoken)
+    assert len(pcm) / 48000 > 3.0
+
+
 async def test_edge_words_and_defaults_before_any_session_update(
     ws: ClientConnection, edge_server: FakeEdgeServer
 ) -> None:
