@@ -48,5 +48,7 @@ async def speak_one_turn(ctx: JobContext) -> None:
         "session_id": job.active.session_id if job.active else None,
     }
     out = Path(os.environ["AGENT_JOB_RESULTS"]) / f"{room}.json"
-    out.write_text(json.dumps(report))
+    partial = out.with_suffix(".partial")
+    partial.write_text(json.dumps(report))
+    partial.replace(out)  # the test waits for the file: it must appear whole
     ctx.shutdown("turn spoken")
