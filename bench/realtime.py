@@ -26,11 +26,13 @@ another (never concurrently, so they do not steal CPU from each other), per engi
    (serve_app.core.timing.estimate_words) lands from Flite's exact times.
 4. Spoken-form normalisation (`--parts normalize`): number-heavy sentences streamed as LLM-like
    tokens (words with their leading space, digits in short groups, symbols alone) at
-   `--tokens-per-s` (40), each run on a fresh socket; time from the token that completes the
-   sentence to the first audio frame with `normalize` on and off (alternating), the added time and
-   its share of first byte (target <= 10%). The socket normalises what is stable of a sentence while
-   it arrives (serve_app.core.spoken_stream), so only its tail is left at the end. The same for HTTP
-   (`normalize` true/false on one `pcm` request: the whole sentence is normalised before synthesis).
+   `--tokens-per-s` (40), each run on a fresh socket, the end punctuation as a token of its own
+   (`--end-token joined`: ". " as one fragment); time from the token that completes the sentence
+   (the next sentence's first word, one token gap after the period) to the first audio frame, with
+   `normalize` on and off (alternating): the added time and its share of first byte (target <= 10%).
+   The socket normalises what is stable of a sentence while it arrives, and all of it once it could
+   end (serve_app.core.spoken_stream). The same for HTTP (`normalize` true/false on one `pcm`
+   request: the whole sentence is normalised before synthesis).
 """
 
 from __future__ import annotations
@@ -65,15 +67,19 @@ TIMING_TEXT = (
     "It should arrive on Thursday, weather permitting; please keep your phone nearby."
 )
 PCM_RATE = 24000
-# Number-heavy agent sentences, already cut into LLM-like tokens (the last one completes the sentence).
+# Number-heavy agent sentences, already cut into LLM-like tokens; the sentence is complete once the
+# next token (NEXT_TOKEN, the start of the next sentence) or, with --end-token joined, ". " arrives.
 NUMBER_SENTENCES = [
     ["Your", " total", " of", " $", "45", ".", "20", " for", " 3", " items", " was", " paid", " on", " March",
-     " 21", " at", " 3", ":", "30", " pm", ",", " so", " nothing", " more", " is", " due", " today", ". "],
+     " 21", " at", " 3", ":", "30", " pm", ",", " so", " nothing", " more", " is", " due", " today", "."],
     ["I", " can", " refund", " $", "1", ",", "249", ".", "99", " to", " the", " card", " ending", " in", " 432",
-     "1", " within", " 5", " to", " 7", " business", " days", ". "],
+     "1", " within", " 5", " to", " 7", " business", " days", "."],
     ["Your", " appointment", " is", " on", " Tuesday", ",", " March", " 21", ",", " 202", "4", " at", " 10",
-     ":", "45", " AM", " with", " Dr", ".", " Smith", " in", " room", " 582", ". "],
+     ":", "45", " AM", " with", " Dr", ".", " Smith", " in", " room", " 582", "."],
 ]
+
+
+NEXT_TOKEN = " Thanks"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -187,13 +193,19 @@ async def wait_normalizer(url: str, timeout_s: float = 60.0) -> None:
         await asyncio.sleep(1.0)
 
 
-async def normalization(url: str, engine: str, runs: int, tokens_per_s: float) -> dict[str, Any]:
-    """Sentence end to first audio (socket, tokens at `tokens_per_s`) and HTTP TTFB, normalise on/off."""
+async def normalization(url: str, engine: str, runs: int, tokens_per_s: float, end_token: str) -> dict[str, Any]:
+    """Sentence end to first audio (socket, tokens at `tokens_per_s`) and HTTP TTFB, normalise on/off.
+
+    `end_token` "separate": the end punctuation is a token of its own and the next sentence's first
+    token completes the sentence (how chat models stream); "joined": ". " arrives as one fragment, so
+    nothing is known about the end before the sentence is complete."""
     gap_s = 1.0 / tokens_per_s
     ws_times: dict[bool, list[float]] = {True: [], False: []}
     http_times: dict[bool, list[float]] = {True: [], False: []}
+    per_sentence: dict[tuple[int, bool], list[float]] = {}  # socket times by sentence and setting
 
     async def socket_run(tokens: list[str], normalize: bool) -> float:
+        tokens = [*tokens, NEXT_TOKEN] if end_token == "separate" else [*tokens[:-1], tokens[-1] + " "]
         async with connect(ws_url(url)) as ws:
             await send(ws, "session.update", response_format="pcm", engine=engine, normalize=normalize)
             for token in tokens[:-1]:
@@ -211,7 +223,7 @@ async def normalization(url: str, engine: str, runs: int, tokens_per_s: float) -
 
     async with httpx.AsyncClient(timeout=60) as client:
         for run in range(runs + 2):  # two warm-up rounds
-            for tokens in NUMBER_SENTENCES:
+            for number, tokens in enumerate(NUMBER_SENTENCES):
                 text = "".join(tokens).strip()
                 for normalize in ((True, False) if run % 2 else (False, True)):
                     body: dict[str, object] = {"model": "tts-1", "voice": "alloy", "input": text,
@@ -221,6 +233,7 @@ async def normalization(url: str, engine: str, runs: int, tokens_per_s: float) -
                     if run >= 2:
                         http_times[normalize].append(http)
                         ws_times[normalize].append(ws)
+                        per_sentence.setdefault((number, normalize), []).append(ws)
 
     def compare(times: dict[bool, list[float]]) -> dict[str, Any]:
         on, off = statistics.median(times[True]), statistics.median(times[False])
@@ -230,7 +243,12 @@ async def normalization(url: str, engine: str, runs: int, tokens_per_s: float) -
     return {
         "sentences": ["".join(t).strip() for t in NUMBER_SENTENCES],
         "tokens_per_s": tokens_per_s,
+        "end_token": end_token,
         "ws_sentence_end_to_audio": compare(ws_times),
+        "ws_added_p50_ms_by_sentence": [
+            round((statistics.median(per_sentence[(n, True)]) - statistics.median(per_sentence[(n, False)])) * 1000, 1)
+            for n in range(len(NUMBER_SENTENCES))
+        ],
         "http_ttfb": compare(http_times),
     }
 
@@ -451,7 +469,8 @@ def deployment(realtime_factor: float) -> Iterator[tuple[str, Any]]:
 
 
 async def measure(
-    url: str, fake: Any, runs: int, engines: list[str], parts: list[str], tokens_per_s: float = 40.0
+    url: str, fake: Any, runs: int, engines: list[str], parts: list[str], tokens_per_s: float = 40.0,
+    end_token: str = "separate",
 ) -> dict[str, Any]:
     report: dict[str, Any] = {}
     if "normalize" in parts:
@@ -471,7 +490,7 @@ async def measure(
             }
         if "normalize" in parts:
             print(f"[{engine}] normalisation ...", flush=True)
-            report[engine]["normalize"] = await normalization(url, engine, runs, tokens_per_s)
+            report[engine]["normalize"] = await normalization(url, engine, runs, tokens_per_s, end_token)
         if "word_timing" in parts:
             print(f"[{engine}] word timing ...", flush=True)
             report[engine]["word_timing"] = await word_timing(url, engine, fake)
@@ -486,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default="first_audio,barge_in,word_timing,normalize")
     parser.add_argument("--tokens-per-s", type=float, default=40.0,
                         help="pace of the tokens in the normalisation part (an LLM streams 30-60)")
+    parser.add_argument("--end-token", choices=("separate", "joined"), default="separate",
+                        help="normalisation part: the end punctuation as its own token, or '. ' in one fragment")
     parser.add_argument("--edge-realtime-factor", type=float, default=4.0,
                         help="the fake Edge service streams audio this many times faster than real time")
     parser.add_argument("--report", type=Path, default=None, help="write the figures as JSON here")
@@ -495,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     with deployment(args.edge_realtime_factor) as (url, fake):
         report = asyncio.run(measure(url, fake, args.runs, args.engines.split(","), args.parts.split(","),
-                                     args.tokens_per_s))
+                                     args.tokens_per_s, args.end_token))
     report["host"] = {"cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in load],
                       "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
     if args.report:

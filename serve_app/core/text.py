@@ -17,7 +17,11 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _WS = re.compile(r"\s+")
 # A sentence ends at . ! ? (or their CJK/ellipsis forms), optionally followed by closing quotes
 # or brackets, then whitespace. Common abbreviations are protected below.
-_SENTENCE_END = re.compile(r"(?<=[.!?\u2026\u3002\uff01\uff1f])[\"'\u201d\u2019)\]]*\s+")
+_END_PUNCT = "[.!?\u2026\u3002\uff01\uff1f]"
+_CLOSERS = "[\"'\u201d\u2019)\\]]*"
+_SENTENCE_END = re.compile(f"(?<={_END_PUNCT}){_CLOSERS}\\s+")
+# The text ends as a sentence would, were whitespace to follow (see `could_end_sentence`).
+_ENDS_LIKE_SENTENCE = re.compile(f"{_END_PUNCT}{_CLOSERS}$")
 _ABBREVIATIONS = {
     "mr.", "mrs.", "ms.", "dr.", "prof.", "sr.", "jr.", "st.", "vs.", "etc.", "e.g.", "i.e.",
     "inc.", "ltd.", "co.", "no.", "fig.", "approx.", "dept.", "mt.", "u.s.", "a.m.", "p.m.",
@@ -63,6 +67,17 @@ def split_sentences(text: str, *, max_chars: int = 250) -> list[str]:
     for sentence in pieces:
         out.extend(_bound(sentence, max_chars))
     return [s for s in out if any(ch.isalnum() for ch in s)] or ([text[:max_chars]] if text else [])
+
+
+def could_end_sentence(text: str) -> bool:
+    """Whether `text` is a complete sentence if what comes next starts with whitespace and a capital
+    (or is a flush): it ends with end punctuation not after an abbreviation or an initial. The
+    realtime socket normalises such a sentence before the text that completes it arrives."""
+    text = text.rstrip()
+    if not _ENDS_LIKE_SENTENCE.search(text):
+        return False
+    last_word = text.rstrip("\"'\u201d\u2019)]").rsplit(None, 1)[-1].lower()
+    return last_word not in _ABBREVIATIONS and not _is_initial(last_word)
 
 
 def _is_initial(word: str) -> bool:

@@ -16,6 +16,7 @@ import pytest
 
 from serve_app.core.spoken import SpokenNormalizer
 from serve_app.core.spoken_stream import IncrementalSpoken, SpokenFeed
+from serve_app.core.text import could_end_sentence
 from tests.unit.test_spoken_corpus import _corpus
 
 # Roughly how BPE tokenizers of chat models cut English: a word with its leading space, numbers in
@@ -79,7 +80,8 @@ def test_stable_windows_of_every_prefix_are_windows_of_the_sentence(normalizer: 
 
 
 def test_little_is_left_when_the_sentence_completes(normalizer: SpokenNormalizer) -> None:
-    """Fed all but the last token, a sentence with a number early on needs at most its last window."""
+    """Fed all but the last token (". " in one fragment: nothing known about the end), a sentence
+    needs at most its last window; fed the period too, nothing."""
     incremental = IncrementalSpoken(normalizer)
     early = 0
     for _, sentence in _corpus():
@@ -91,6 +93,10 @@ def test_little_is_left_when_the_sentence_completes(normalizer: SpokenNormalizer
         assert len(left) <= 1 or all(w not in pending for w in left[1:]), (sentence, left)
         if all_windows and len(left) < len(all_windows):
             early += 1
+        assert incremental.finish(sentence) == normalizer.normalize(sentence)
+        incremental.advance(sentence)  # the period came as a token of its own
+        if could_end_sentence(sentence):  # not after "Co." or "Dr." (the buffer waits there too)
+            assert incremental.left_for(sentence) == []
         assert incremental.finish(sentence) == normalizer.normalize(sentence)
     assert early >= 25  # sentences with a number well before their end had windows done early
 
@@ -123,6 +129,24 @@ def test_a_completed_number_waits_for_its_neighbours(normalizer: SpokenNormalize
     assert normalizer.stable_windows("We meet on May 5 ") == []
     assert normalizer.stable_windows("We meet on May 5 at noon and then") == []
     assert normalizer.stable_windows("We meet on May 5 at noon and then we ") == ["on May 5 at noon"]
+
+
+def test_a_sentence_that_could_end_is_normalised_before_it_is_complete(normalizer: SpokenNormalizer) -> None:
+    """The period arrives as a token of its own: the sentence's last window is done before the token
+    that completes the sentence; after an abbreviation or an initial it is not (no sentence ends there)."""
+    incremental = IncrementalSpoken(normalizer)
+    pending = ""
+    for piece in bpe_like("Your appointment is with Dr. Smith at 10:45 AM in room 582."):
+        pending += piece
+        if pending.endswith("Dr."):
+            assert not [w for w in incremental.missing(pending) if w.endswith("Dr.")]
+        incremental.advance(pending)
+    sentence = pending
+    assert incremental.left_for(sentence) == []
+    assert incremental.finish(sentence) == normalizer.normalize(sentence)
+    # "3." going on as "3.5": the early guess is not used, the result is still the sentence's own.
+    incremental.advance("It costs 3.")
+    assert incremental.finish("It costs 3.5 dollars.") == normalizer.normalize("It costs 3.5 dollars.")
 
 
 def test_a_sentence_that_went_another_way_is_still_right(normalizer: SpokenNormalizer) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from serve_app.core.errors import InvalidInput
 from serve_app.core.style import Style, parse_instructions
-from serve_app.core.text import SentenceBuffer
+from serve_app.core.text import SentenceBuffer, could_end_sentence
 from serve_app.core.timing import WordAligner, WordMark, align_marks, estimate_words, resume_offset, tokens
 from serve_app.engines.flite import FliteEngine
 
@@ -134,6 +134,17 @@ def test_sentence_buffer_cuts_when_a_sentence_is_complete() -> None:
     assert out == ["Hello there.", "It costs 3.50 today, Dr. Smith said."]
     assert buffer.flush() == ["Ok"]
     assert buffer.flush() == []
+
+
+def test_could_end_sentence_agrees_with_the_buffer() -> None:
+    """Text that `could_end_sentence` accepts is a sentence for `SentenceBuffer` once a space and a
+    capital follow; the rest is not."""
+    for text in ("It is in room 582.", 'Is it "done?"', "Wait!)", "We close at 5 p.m. Bye.", "Go…"):
+        assert could_end_sentence(text)
+        assert SentenceBuffer().append(text + " Next") == [text]
+    for text in ("See Dr.", "J.", "It costs 3", "e.g.", ""):
+        assert not could_end_sentence(text)
+        assert SentenceBuffer().append(text + " Next") == []
 
 
 def test_sentence_buffer_cuts_run_ons_and_rejects_control_characters() -> None:
