@@ -394,6 +394,9 @@ def agent_actor_class(num_cpus: float | None = None) -> Any:
     return ray.remote(**options)(AgentWorkerHost)
 
 
+AGENT_ACTOR_ENVIRONMENT = {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}
+
+
 def spawn_actors(
     replicas: int,
     *,
@@ -409,8 +412,10 @@ def spawn_actors(
 
     cls = agent_actor_class(num_cpus)
     options: dict[str, Any] = {"namespace": ACTOR_NAMESPACE}
-    if env:
-        options["runtime_env"] = {"env_vars": env}
+    # Thread-executor jobs each run their own event loop in the actor's process and share its Serve
+    # handles: the handles' router must run on a loop of its own (Serve's throughput mode, inherited
+    # from the cluster's environment, would bind it to whichever job's loop used it first).
+    options["runtime_env"] = {"env_vars": {**AGENT_ACTOR_ENVIRONMENT, **(env or {})}}
     actors = [cls.options(name=f"agent-worker-{i}", **options).remote(i, job_entrypoint) for i in range(replicas)]
     statuses = ray.get([a.start.remote() for a in actors])
     for status in statuses:

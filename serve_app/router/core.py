@@ -278,6 +278,7 @@ class FallbackRouter:
             self._slots[name] = EngineSlot(name, clients[name], breaker, Limiter(limits.concurrency), limits)
         self._capacity = CapacitySignal()
         self._owed = 0  # sentences of admitted requests waiting for capacity (see `_acquire_next`)
+        self._warming: asyncio.Task[None] | None = None
         self._shared: BreakerSharing = shared or LocalOnly()
         self._shared.attach({n: s.breaker for n, s in self._slots.items() if s.client.deployed})
         self._recovery = Recovery(self._slots, self._probe_attempt, self._shared)
@@ -365,12 +366,27 @@ class FallbackRouter:
         return self._slots[name].breaker
 
     def start(self) -> None:
-        """Start the background probe loop on the running loop (idempotent; no-op without a loop)."""
+        """Start the background probe loop on the running loop (idempotent; no-op without a loop),
+        and warm every engine's client once (its info, and through it Serve's handle), so the first
+        user request does not pay for a cold handle."""
         self._recovery.start()
         self._shared.start()
+        if self._warming is None:
+            with contextlib.suppress(RuntimeError):  # no running loop: the first request starts it
+                self._warming = asyncio.get_running_loop().create_task(self._warm())
+
+    async def _warm(self) -> None:
+        async def one(slot: EngineSlot) -> None:
+            with contextlib.suppress(Exception):  # a missing engine is the probes' and checks' business
+                await asyncio.wait_for(slot.client.sample_rate(), slot.limits.ttfb_timeout_s)
+
+        await asyncio.gather(*(one(s) for s in self._slots.values() if s.client.deployed))
 
     async def aclose(self) -> None:
         """Stop the probe loop and any probe in flight."""
+        if self._warming is not None:
+            self._warming.cancel()
+            await asyncio.wait({self._warming})
         await self._recovery.aclose()
         await self._shared.aclose()
 
@@ -521,8 +537,14 @@ class FallbackRouter:
                     def sink(pcm: bytes, engine: str = name) -> None:
                         job.push(AudioChunk(pcm, engine, job.index))
 
+                    # A new answer gives one engine at most half its admission wait to start, so a
+                    # queued engine (or one with no replica yet) leaves time for the next.
+                    start_by = (
+                        None if queue_deadline is None
+                        else min(queue_deadline, loop.time() + self.config.admission_wait_s / 2)
+                    )
                     await self._attempt(
-                        name, job.attempt_text, request, sink, on_mark=job.mark, start_by=queue_deadline,
+                        name, job.attempt_text, request, sink, on_mark=job.mark, start_by=start_by,
                         priority=PRIORITY_PLAYING if owed else PRIORITY_NEW,
                     )
                 except (InvalidInput, asyncio.CancelledError):
@@ -573,10 +595,13 @@ class FallbackRouter:
             return [request.engine]
         deployed = [name for name in self.chain if self._slots[name].client.deployed]
         closed = [name for name in deployed if self._slots[name].breaker.allows_traffic()]
-        fresh = [name for name in closed if name not in state.avoid]
-        failed_here = [name for name in closed if name in state.avoid]
+        now = asyncio.get_running_loop().time()
+        busy = {name for name in closed if self._slots[name].busy_until > now}
+        fresh = [name for name in closed if name not in state.avoid and name not in busy]
+        failed_here = [name for name in closed if name in state.avoid and name not in busy]
+        backing_off = [name for name in closed if name in busy]
         last_resort = [name for name in deployed if name not in closed]
-        return fresh + failed_here + last_resort
+        return fresh + failed_here + backing_off + last_resort
 
     def _acquire_next(
         self, request: SpeechRequest, state: _RequestState, tried: set[str], busy_noted: set[str], *, defer: bool
@@ -652,9 +677,12 @@ class FallbackRouter:
         replica: str | None = None  # which replica serves it, when the host says (`ReplicaTag`)
         iterator: AsyncIterator[bytes | WordMark | ReplicaTag] | None = None
         try:
+            info_by = min(deadline, start_by) if start_by is not None and slot.client.reports_start else deadline
             try:
-                rate = await asyncio.wait_for(slot.client.sample_rate(), max(0.0, deadline - loop.time()))
+                rate = await asyncio.wait_for(slot.client.sample_rate(), max(0.0, info_by - loop.time()))
             except TimeoutError:
+                if slot.client.reports_start:  # a deployment that takes no request yet (no replica)
+                    raise EngineBusy("engine info not in time (no replica ready)") from None
                 raise FirstByteTimeout(f"engine info not within {limits.ttfb_timeout_s:.1f}s") from None
             resampler = StreamResampler(rate, request.sample_rate or rate)
             iterator = slot.client.stream(
@@ -689,6 +717,7 @@ class FallbackRouter:
                     if produced == 0 and not started:
                         # Queued time is not the engine's latency: the first-byte budget starts now.
                         started = True
+                        slot.started()
                         deadline = loop.time() + limits.ttfb_timeout_s
                         began = time.perf_counter()
                     continue
@@ -713,6 +742,7 @@ class FallbackRouter:
             raise
         except EngineBusy:
             slot.busy_skips += 1
+            slot.busy_answer(loop.time())
             self.metrics.outcome(name, "busy")
             raise
         except Exception as exc:

@@ -28,6 +28,22 @@ class EngineSlot:
     failures: int = 0
     busy_skips: int = 0
     ttfbs: deque[float] = field(default_factory=lambda: deque(maxlen=512))
+    # After busy answers (a full queue, a deployment with no replica yet), others are tried first
+    # until this loop time; each busy answer in a row doubles the wait, a started request ends it.
+    busy_until: float = 0.0
+    busy_streak: int = 0
+
+    def busy_answer(self, now: float) -> None:
+        self.busy_until = now + min(BUSY_BACKOFF_MAX_S, BUSY_BACKOFF_S * 2**self.busy_streak)
+        self.busy_streak += 1
+
+    def started(self) -> None:
+        self.busy_until = 0.0
+        self.busy_streak = 0
+
+
+BUSY_BACKOFF_S = 0.5
+BUSY_BACKOFF_MAX_S = 30.0
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
