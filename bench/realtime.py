@@ -29,7 +29,8 @@ another (never concurrently, so they do not steal CPU from each other), per engi
    `--tokens-per-s` (40), each run on a fresh socket, the end punctuation as a token of its own
    (`--end-token joined`: ". " as one fragment); time from the token that completes the sentence
    (the next sentence's first word, one token gap after the period) to the first audio frame, with
-   `normalize` on and off (alternating): the added time and its share of first byte (target <= 10%).
+   `normalize` on and off (alternating; "off" sends the spoken form made in this process, so the
+   engine says the same words): the added time and its share of first byte (target <= 10%).
    The socket normalises what is stable of a sentence while it arrives, and all of it once it could
    end (serve_app.core.spoken_stream). The same for HTTP (`normalize` true/false on one `pcm`
    request: the whole sentence is normalised before synthesis).
@@ -41,6 +42,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import random
 import statistics
 import threading
 import time
@@ -53,6 +55,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.common import timed_post
+from bench.normalize_stream import llm_tokens
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank."
 OPEN_SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank"
@@ -67,16 +70,25 @@ TIMING_TEXT = (
     "It should arrive on Thursday, weather permitting; please keep your phone nearby."
 )
 PCM_RATE = 24000
-# Number-heavy agent sentences, already cut into LLM-like tokens; the sentence is complete once the
-# next token (NEXT_TOKEN, the start of the next sentence) or, with --end-token joined, ". " arrives.
-NUMBER_SENTENCES = [
-    ["Your", " total", " of", " $", "45", ".", "20", " for", " 3", " items", " was", " paid", " on", " March",
-     " 21", " at", " 3", ":", "30", " pm", ",", " so", " nothing", " more", " is", " due", " today", "."],
-    ["I", " can", " refund", " $", "1", ",", "249", ".", "99", " to", " the", " card", " ending", " in", " 432",
-     "1", " within", " 5", " to", " 7", " business", " days", "."],
-    ["Your", " appointment", " is", " on", " Tuesday", ",", " March", " 21", ",", " 202", "4", " at", " 10",
-     ":", "45", " AM", " with", " Dr", ".", " Smith", " in", " room", " 582", "."],
+# Number-heavy agent sentences; each run fills in new numbers (the normaliser memoises windows, so a
+# repeated sentence would cost nothing) and cuts them into LLM-like tokens (bench.normalize_stream).
+NUMBER_TEMPLATES = [
+    "Your total of ${dollars}.{cents:02d} for {items} items was paid on {month} {day} at {hour}:{minute:02d} pm,"
+    " so nothing more is due today.",
+    "I can refund ${thousands},{hundreds:03d}.{cents:02d} to the card ending in {card} within {items} to {later}"
+    " business days.",
+    "Your appointment is on Tuesday, {month} {day}, {year} at {hour}:{minute:02d} AM with Dr. Smith in room {room}.",
 ]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October"]
+
+
+def number_sentence(template: str, rng: random.Random) -> str:
+    return template.format(
+        dollars=rng.randint(10, 999), cents=rng.randint(1, 99), items=rng.randint(2, 9), month=rng.choice(MONTHS),
+        day=rng.randint(1, 28), hour=rng.randint(1, 11), minute=rng.randint(1, 59), thousands=rng.randint(1, 9),
+        hundreds=rng.randint(0, 999), card=rng.randint(1000, 9999), later=rng.randint(10, 14),
+        year=rng.randint(2020, 2030), room=rng.randint(100, 999),
+    )
 
 
 NEXT_TOKEN = " Thanks"
@@ -193,8 +205,15 @@ async def wait_normalizer(url: str, timeout_s: float = 60.0) -> None:
         await asyncio.sleep(1.0)
 
 
-async def normalization(url: str, engine: str, runs: int, tokens_per_s: float, end_token: str) -> dict[str, Any]:
+async def normalization(
+    url: str, engine: str, runs: int, tokens_per_s: float, end_token: str, normalizer: Any
+) -> dict[str, Any]:
     """Sentence end to first audio (socket, tokens at `tokens_per_s`) and HTTP TTFB, normalise on/off.
+
+    "Off" sends the sentence's spoken form, made here by `normalizer` (the service's normaliser, in
+    this process), with `normalize: false`: the engine then gets the same text either way, so the
+    difference is the service's normalisation alone (engines take longer over "twenty twenty four"
+    than over "2024", which would otherwise count against it, or for it).
 
     `end_token` "separate": the end punctuation is a token of its own and the next sentence's first
     token completes the sentence (how chat models stream); "joined": ". " arrives as one fragment, so
@@ -204,7 +223,8 @@ async def normalization(url: str, engine: str, runs: int, tokens_per_s: float, e
     http_times: dict[bool, list[float]] = {True: [], False: []}
     per_sentence: dict[tuple[int, bool], list[float]] = {}  # socket times by sentence and setting
 
-    async def socket_run(tokens: list[str], normalize: bool) -> float:
+    async def socket_run(text: str, normalize: bool) -> float:
+        tokens = llm_tokens(text)
         tokens = [*tokens, NEXT_TOKEN] if end_token == "separate" else [*tokens[:-1], tokens[-1] + " "]
         async with connect(ws_url(url)) as ws:
             await send(ws, "session.update", response_format="pcm", engine=engine, normalize=normalize)
@@ -221,33 +241,38 @@ async def normalization(url: str, engine: str, runs: int, tokens_per_s: float, e
             await until(ws, "cancelled")
         return elapsed
 
+    rng = random.Random(13)
     async with httpx.AsyncClient(timeout=60) as client:
         for run in range(runs + 2):  # two warm-up rounds
-            for number, tokens in enumerate(NUMBER_SENTENCES):
-                text = "".join(tokens).strip()
+            for number, template in enumerate(NUMBER_TEMPLATES):
+                # One sentence for HTTP and another for the socket, both new: neither finds the other's windows.
+                http_text, ws_text = number_sentence(template, rng), number_sentence(template, rng)
+                spoken = {text: normalizer.normalize(text) for text in (http_text, ws_text)}
                 for normalize in ((True, False) if run % 2 else (False, True)):
-                    body: dict[str, object] = {"model": "tts-1", "voice": "alloy", "input": text,
-                                               "response_format": "pcm", "engine": engine, "normalize": normalize}
+                    body: dict[str, object] = {
+                        "model": "tts-1", "voice": "alloy", "input": http_text if normalize else spoken[http_text],
+                        "response_format": "pcm", "engine": engine, "normalize": normalize,
+                    }
                     http = (await timed_post(client, f"{url}/v1/audio/speech", body)).ttfb_s
-                    ws = await socket_run(tokens, normalize)
+                    ws = await socket_run(ws_text if normalize else spoken[ws_text], normalize)
                     if run >= 2:
                         http_times[normalize].append(http)
                         ws_times[normalize].append(ws)
                         per_sentence.setdefault((number, normalize), []).append(ws)
 
     def compare(times: dict[bool, list[float]]) -> dict[str, Any]:
-        on, off = statistics.median(times[True]), statistics.median(times[False])
+        on, off = pct(times[True], 0.5), pct(times[False], 0.5)  # the p50 the summaries show
         return {"normalize_on_ms": summary_ms(times[True]), "normalize_off_ms": summary_ms(times[False]),
                 "added_p50_ms": round((on - off) * 1000, 1), "added_share_of_first_byte": round((on - off) / off, 3)}
 
     return {
-        "sentences": ["".join(t).strip() for t in NUMBER_SENTENCES],
+        "sentences": NUMBER_TEMPLATES,
         "tokens_per_s": tokens_per_s,
         "end_token": end_token,
         "ws_sentence_end_to_audio": compare(ws_times),
         "ws_added_p50_ms_by_sentence": [
-            round((statistics.median(per_sentence[(n, True)]) - statistics.median(per_sentence[(n, False)])) * 1000, 1)
-            for n in range(len(NUMBER_SENTENCES))
+            round((pct(per_sentence[(n, True)], 0.5) - pct(per_sentence[(n, False)], 0.5)) * 1000, 1)
+            for n in range(len(NUMBER_TEMPLATES))
         ],
         "http_ttfb": compare(http_times),
     }
@@ -473,7 +498,12 @@ async def measure(
     end_token: str = "separate",
 ) -> dict[str, Any]:
     report: dict[str, Any] = {}
+    normalizer = None
     if "normalize" in parts:
+        from serve_app.core.spoken import SpokenNormalizer
+
+        normalizer = SpokenNormalizer(memo_size=0, build_if_missing=False)  # the client's own, for "off"
+        normalizer.load()
         await wait_normalizer(url)
     for engine in engines:
         report[engine] = {}
@@ -490,7 +520,7 @@ async def measure(
             }
         if "normalize" in parts:
             print(f"[{engine}] normalisation ...", flush=True)
-            report[engine]["normalize"] = await normalization(url, engine, runs, tokens_per_s, end_token)
+            report[engine]["normalize"] = await normalization(url, engine, runs, tokens_per_s, end_token, normalizer)
         if "word_timing" in parts:
             print(f"[{engine}] word timing ...", flush=True)
             report[engine]["word_timing"] = await word_timing(url, engine, fake)
