@@ -636,24 +636,9 @@ def _warm(backend: _Backend) -> None:
 _OPENERS = {")": "(", "]": "[", "}": "{"}
 
 
-def _first_open_bracket(tokens: list[str]) -> int:
-    """Index of the first token whose opening bracket is still unclosed (len(tokens) if none), matched
-    the way `_cover_bracket_pairs` matches them."""
-    stack: list[tuple[str, int]] = []
-    for i, token in enumerate(tokens):
-        for ch in token:
-            if ch in "([{":
-                stack.append((ch, i))
-            elif ch in _OPENERS:
-                while stack and stack[-1][0] != _OPENERS[ch]:
-                    stack.pop()
-                if stack:
-                    stack.pop()
-    return stack[0][1] if stack else len(tokens)
-
-
-def _cover_bracket_pairs(tokens: list[str], covered: list[bool]) -> None:
-    """Widen windows to whole bracket pairs: NeMo reads "text](https://..." differently without its "["."""
+def _bracket_pairs(tokens: list[str]) -> tuple[list[tuple[int, int]], list[int]]:
+    """(token index pairs of matched brackets, indexes of the tokens whose bracket is still open);
+    a closer without its opener is ignored, one with it closes any unmatched opener in between."""
     stack: list[tuple[str, int]] = []
     pairs: list[tuple[int, int]] = []
     for i, token in enumerate(tokens):
@@ -665,6 +650,18 @@ def _cover_bracket_pairs(tokens: list[str], covered: list[bool]) -> None:
                     stack.pop()
                 if stack:
                     pairs.append((stack.pop()[1], i))
+    return pairs, [i for _, i in stack]
+
+
+def _first_open_bracket(tokens: list[str]) -> int:
+    """Index of the first token whose opening bracket is still unclosed (len(tokens) if none)."""
+    unclosed = _bracket_pairs(tokens)[1]
+    return unclosed[0] if unclosed else len(tokens)
+
+
+def _cover_bracket_pairs(tokens: list[str], covered: list[bool]) -> None:
+    """Widen windows to whole bracket pairs: NeMo reads "text](https://..." differently without its "["."""
+    pairs = _bracket_pairs(tokens)[0]
     changed, rounds = True, 0
     while changed and rounds < 8:  # widening one pair can half-cover an enclosing one; nesting is shallow
         changed, rounds = False, rounds + 1
