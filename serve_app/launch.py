@@ -30,6 +30,7 @@ import yaml
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "serve_config.yaml"
 DEFAULT_DRAIN_TIMEOUT_S = 20.0  # Serve's own default graceful_shutdown_timeout_s
+DRAIN_FLUSH_S = 2.0  # after the last request ends, before Serve stops: see `drain`
 
 logger = logging.getLogger("serve_app.launch")
 
@@ -262,6 +263,14 @@ def drain(coordinator: Any, timeout_s: float, interrupt: Callable[[], None] | No
     elapsed = time.monotonic() - started
     if drained:
         logger.info("drained in %.1fs", elapsed)
+        # A response the ingress has finished may still sit in its HTTP server's buffers on the way to
+        # a slow client (the app's last send returns before the bytes leave); Serve's shutdown would
+        # drop them, so they get a moment to go out.
+        flush_until = time.monotonic() + DRAIN_FLUSH_S
+        while time.monotonic() < flush_until:
+            if interrupt is not None:
+                interrupt()
+            time.sleep(0.1)
     else:
         logger.warning("drain timed out after %.1fs; requests still in flight are cut", elapsed)
     return drained
