@@ -162,7 +162,11 @@ def test_engine_replica_killed_mid_stream_the_request_completes_by_failover(app_
         assert stream.seconds > MIN_SECONDS, stream.seconds  # every sentence was spoken
         after = engines(client)
         other = "flite" if serving == "edge" else "edge"
-        assert after[serving]["failures"] > before[serving]["failures"]  # the dead replica was a strike
+        # A sentence the dead replica was speaking is a strike; one sent after the kill finds no replica
+        # ready, which is busy (queued in Serve), never a strike. Which of the two the kill hits depends
+        # on timing: either way the engine gave up its sentences and the other engine took over.
+        dead = after[serving]["failures"] + after[serving]["busy_skips"]
+        assert dead > before[serving]["failures"] + before[serving]["busy_skips"]
         assert after[other]["requests"] > before[other]["requests"]  # and the other engine took over
         # Serve replaces the replica; a request pinned to that engine succeeds again.
         deadline = time.monotonic() + 60
