@@ -505,13 +505,12 @@ class FallbackRouter:
         tried: set[str] = set()
         busy_noted: set[str] = set()
         previous: tuple[str, str] | None = None
-        queue_deadline: float | None = None
         owed = job.index > 0  # the request is admitted: its later sentences wait, never fail, when busy
         loop = asyncio.get_running_loop()
         try:
             job.spoken = await self._spoken(job, request)
-            if not owed:  # a new request: an engine must start its first sentence this soon, or 503
-                queue_deadline = loop.time() + self.config.admission_wait_s
+            # A new request: an engine must start its first sentence this soon, or 503.
+            queue_deadline = None if owed else loop.time() + self.config.admission_wait_s
             while True:
                 name, full = self._acquire_next(request, state, tried, busy_noted, defer=not owed and self._owed > 0)
                 if name is None:
@@ -677,9 +676,11 @@ class FallbackRouter:
         replica: str | None = None  # which replica serves it, when the host says (`ReplicaTag`)
         iterator: AsyncIterator[bytes | WordMark | ReplicaTag] | None = None
         try:
-            info_by = min(deadline, start_by) if start_by is not None and slot.client.reports_start else deadline
+            # Only an engine that says when it starts can be told apart from a hung one before then, so
+            # only such an engine is held to `start_by` (and waiting for it is busy, never a strike).
+            start_limit = min(deadline, start_by) if start_by is not None and slot.client.reports_start else deadline
             try:
-                rate = await asyncio.wait_for(slot.client.sample_rate(), max(0.0, info_by - loop.time()))
+                rate = await asyncio.wait_for(slot.client.sample_rate(), max(0.0, start_limit - loop.time()))
             except TimeoutError:
                 if slot.client.reports_start:  # a deployment that takes no request yet (no replica)
                     raise EngineBusy("engine info not in time (no replica ready)") from None
@@ -690,17 +691,15 @@ class FallbackRouter:
                 instructions=request.instructions, priority=priority,
             )
             while True:
-                # Only an engine that says when it starts can be told apart from a hung one before then.
                 waiting = produced == 0 and not started and slot.client.reports_start
-                until = min(deadline, start_by) if waiting and start_by is not None else deadline
+                until = start_limit if waiting else deadline
                 budget = max(0.0, until - loop.time()) if produced == 0 else limits.stall_timeout_s
                 try:
                     item = await asyncio.wait_for(anext(iterator), budget)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    if produced == 0 and not started and slot.client.reports_start:
-                        # Still in a queue (Serve's or the engine's): busy, never a strike.
+                    if waiting:  # still in a queue (Serve's or the engine's): busy, never a strike
                         raise EngineBusy("not started in time (queued)") from None
                     if produced == 0:
                         raise FirstByteTimeout(f"no audio within {limits.ttfb_timeout_s:.1f}s") from None
