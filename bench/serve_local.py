@@ -95,18 +95,19 @@ def start(
     local fake service this way)."""
     import ray
 
-    from serve_app.launch import deploy_config, load_config
+    from serve_app.launch import deploy_config, load_config, own_side_ports
 
     env = prepare_environment(database_url, chain, env)
     dashboard_port = free_port() if dashboard else None
-    context: Any = ray.init(  # a RayContext (address_info, dashboard_url) for a local cluster
-        address="local",  # a new private cluster, even when RAY_ADDRESS names someone else's
-        num_cpus=num_cpus,
-        include_dashboard=dashboard,
-        dashboard_port=dashboard_port,
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    with own_side_ports():
+        context: Any = ray.init(  # a RayContext (address_info, dashboard_url) for a local cluster
+            address="local",  # a new private cluster, even when RAY_ADDRESS names someone else's
+            num_cpus=num_cpus,
+            include_dashboard=dashboard,
+            dashboard_port=dashboard_port,
+            log_to_driver=False,
+            configure_logging=False,
+        )
     url = deploy_config(load_config(port=port or free_port(), host="127.0.0.1"))
     wait_http(f"{url}/health")
     metrics_port = context.address_info.get("metrics_export_port")

@@ -35,25 +35,107 @@ DRAIN_FLUSH_S = 2.0  # after the last request ends, before Serve stops: see `dra
 logger = logging.getLogger("serve_app.launch")
 
 
-# Environment for the Ray processes this project starts (they inherit the driver's environment).
-# RAY_SERVE_THROUGHPUT_OPTIMIZED is Ray Serve's documented throughput mode (requests reach the
-# ingress replica directly, user code runs on the replica's event loop, GC frozen at start); all
-# engine code is async or offloaded to threads, which that mode requires. Measured with
-# bench.ttfb on 2 cores: throughput at 20 concurrent requests 0.89x -> 0.94x plain uvicorn.
-# The two draining periods: Serve keeps a stopping proxy / direct-ingress replica alive at least this
-# long (30 s by default, meant for load balancers on node drains). Our launcher drains requests itself
-# before stopping Serve (serve_app.drain), so the defaults would only add 30 s to every shutdown.
-CLUSTER_ENVIRONMENT: dict[str, str] = {
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "1",
-    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
-}
+def cluster_environment(path: str | Path = DEFAULT_CONFIG) -> dict[str, str]:
+    """The environment the config gives Serve's controller (`controller_options.runtime_env.env_vars`).
+
+    `serve_config.yaml` is where Ray Serve's throughput mode and the short draining periods are set,
+    so that plain `serve run serve_config.yaml` gets them: the controller reads them and the proxies
+    and replicas it starts inherit them. Processes that start Ray themselves (this launcher, the
+    tests, the benchmarks, the simulated cluster's nodes) set the same variables in their own
+    environment, so that the handles they create and every Ray process agree with the replicas.
+    """
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    env = ((raw.get("controller_options") or {}).get("runtime_env") or {}).get("env_vars") or {}
+    return {str(key): str(value) for key, value in env.items()}
 
 
-def apply_cluster_environment() -> None:
-    """Set the defaults above unless the operator set them; call before `ray.init`."""
-    for key, value in CLUSTER_ENVIRONMENT.items():
+# The side ports of HAProxy mode, fixed by default: HAProxy's statistics page and Prometheus metrics
+# (8404, 9101) and the head node's Serve proxy, HAProxy's backup (8500, 9500).
+HAPROXY_PORT_VARIABLES = (
+    "RAY_SERVE_HAPROXY_STATS_PORT",
+    "RAY_SERVE_HAPROXY_METRICS_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+)
+
+
+def apply_cluster_environment(path: str | Path = DEFAULT_CONFIG) -> None:
+    """Set the config's controller environment here unless the operator set it; call before `ray.init`."""
+    for key, value in cluster_environment(path).items():
         os.environ.setdefault(key, value)
+
+
+def side_ports() -> dict[str, str]:
+    """Free ports for HAProxy mode's side listeners, for one Ray node started from here."""
+    return {key: str(free_port()) for key in HAPROXY_PORT_VARIABLES}
+
+
+@contextlib.contextmanager
+def own_side_ports() -> Iterator[None]:
+    """Around `ray.init`: the cluster it starts gets side ports of its own (unless the operator set them).
+
+    Ray's processes inherit them at start; they are removed again afterwards, so that another
+    cluster started from this process's children (a test's launcher, a benchmark's `serve run`)
+    picks its own instead of colliding with these.
+    """
+    chosen = {key: value for key, value in side_ports().items() if key not in os.environ}
+    os.environ.update(chosen)
+    try:
+        yield
+    finally:
+        for key in chosen:
+            os.environ.pop(key, None)
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def adopt_orphans() -> None:
+    """Make this process the reaper of every process it starts, however deep (Linux; else nothing).
+
+    Ray stops HAProxy only in a graceful Serve shutdown: a cluster torn down without one (a drain
+    that timed out, a second signal, a test session's end) leaves it running, holding the HTTP port.
+    Adopted by this process instead of init, such orphans are found and ended by `end_orphans`.
+    """
+    import ctypes
+
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _children() -> list[int]:
+    me = str(os.getpid())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def end_orphans(grace_s: float = 3.0) -> None:
+    """After the cluster is shut down: end what of it is still running as this process's child."""
+    leftovers = _children()
+    for pid in leftovers:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while leftovers and time.monotonic() < deadline:
+        time.sleep(0.1)
+        for pid in list(leftovers):
+            with contextlib.suppress(ChildProcessError, OSError):
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    leftovers.remove(pid)
+    for pid in leftovers:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, 0)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -99,6 +181,7 @@ def deploy_config(config: Any, *, timeout_s: float = 180.0) -> str:
     client = serve_api.serve_start(
         http_options=config.http_options.model_dump(),
         proxy_location=config.proxy_location,
+        controller_options=config.controller_options,
     )
     client.deploy_apps(config, _blocking=False)
     names = [app.name for app in config.applications]
@@ -310,10 +393,11 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs("data", exist_ok=True)
     signals = ShutdownSignals()
     # Includes the short draining periods: Serve's 30 s defaults (meant for node drains) would make
-    # every drain last the whole timeout. Inherited by the proxies and replicas.
-    apply_cluster_environment()
+    # every drain last the whole timeout.
+    apply_cluster_environment(args.config)
+    adopt_orphans()
     # address="local": always a private cluster, even when RAY_ADDRESS points at another one.
-    with own_process_group():
+    with own_process_group(), own_side_ports():
         ray.init(
             address="local",
             num_cpus=args.num_cpus,
@@ -336,11 +420,13 @@ def main(argv: list[str] | None = None) -> int:
         # After a timed-out drain, skip serve.shutdown: it would wait graceful_shutdown_timeout_s
         # again for the same requests; tearing the cluster down ends them now.
         ray.shutdown()
+        end_orphans()
         logger.info("shut down")
         return 0
     except ForcedExit as exc:
         logger.warning("%s again: exiting without waiting for the drain", signal.Signals(exc.signum).name)
         ray.shutdown()
+        end_orphans()
         return 128 + exc.signum
 
 

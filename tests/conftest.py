@@ -68,10 +68,12 @@ def ray_cluster(test_data_dir: Path, edge_server: FakeEdgeServer) -> Iterator[No
     from config.settings import get_settings
 
     get_settings.cache_clear()
-    from serve_app.launch import apply_cluster_environment
+    from serve_app.launch import adopt_orphans, apply_cluster_environment, end_orphans, own_side_ports
 
     apply_cluster_environment()  # the tests run the cluster the way `make run` does
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    adopt_orphans()  # HAProxy outlives a cluster shut down without Serve's own shutdown
+    with own_side_ports():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         yield
     finally:
@@ -85,6 +87,7 @@ def ray_cluster(test_data_dir: Path, edge_server: FakeEdgeServer) -> Iterator[No
             pass
         finally:
             ray.shutdown()
+            end_orphans()
             for key, value in old.items():
                 if value is None:
                     os.environ.pop(key, None)

@@ -537,11 +537,11 @@ class FallbackRouter:
                         job.push(AudioChunk(pcm, engine, job.index))
 
                     # A new answer gives one engine at most half its admission wait to start, so a
-                    # queued engine (or one with no replica yet) leaves time for the next.
-                    start_by = (
-                        None if queue_deadline is None
-                        else min(queue_deadline, loop.time() + self.config.admission_wait_s / 2)
-                    )
+                    # queued engine (or one with no replica yet) leaves time for the next; an engine
+                    # with no next one (pinned, or the only one deployed) gets all of it.
+                    start_by = queue_deadline
+                    if queue_deadline is not None and len(self._order(request, state)) > 1:
+                        start_by = min(queue_deadline, loop.time() + self.config.admission_wait_s / 2)
                     await self._attempt(
                         name, job.attempt_text, request, sink, on_mark=job.mark, start_by=start_by,
                         priority=PRIORITY_PLAYING if owed else PRIORITY_NEW,

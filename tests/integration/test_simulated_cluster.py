@@ -37,7 +37,7 @@ import pytest
 import yaml
 
 from serve_app.core.audio import wav_header
-from serve_app.launch import CLUSTER_ENVIRONMENT, free_port, wait_http
+from serve_app.launch import cluster_environment, free_port, side_ports, wait_http
 from tests.integration.local_ray import RayCluster
 from tests.support import PG_ADMIN_DSN, require_real_zonos
 
@@ -99,8 +99,9 @@ def app_env(database_url: str, edge_url: str) -> dict[str, str]:
 
 
 def node_env(workdir: Path) -> dict[str, str]:
-    """Each node's own environment: the cluster settings `make run` uses, a VOICES_DIR nobody shares."""
-    return {**CLUSTER_ENVIRONMENT, "VOICES_DIR": str(workdir / "voices")}
+    """Each node's own environment: the cluster settings `make run` uses, HAProxy side ports and a
+    VOICES_DIR nobody shares (two nodes on one machine)."""
+    return {**cluster_environment(), **side_ports(), "VOICES_DIR": str(workdir / "voices")}
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float, every_s: float = 0.5) -> T:

@@ -492,6 +492,23 @@ async def test_a_new_request_no_engine_starts_within_the_admission_wait_is_refus
         await router.aclose()
 
 
+async def test_an_engine_with_no_next_one_gets_the_whole_admission_wait_to_start() -> None:
+    # Half the admission wait is kept for the next engine only when there is one: the only engine
+    # queueing for 0.35 s of a 0.5 s admission wait still speaks the answer.
+    control = LocalControl(FaultPlan(queued_s=0.35))
+    router = FallbackRouter(
+        {"flite": LocalEngineClient(QueueingFaultyEngine("flite", control))},
+        RouterConfig(chain=("flite",), ttfb_timeout_s=5.0, admission_wait_s=0.5),
+    )
+    try:
+        request = SpeechRequest("Queued, then spoken.", sample_rate=SAMPLE_RATE, normalize=False)
+        pcm, engines = await router.speak(request)
+        assert engines == ["flite"] and pcm
+        assert control.calls() == 1 and router.breaker("flite").total_strikes == 0
+    finally:
+        await router.aclose()
+
+
 class PriorityRecordingEngine(FaultyEngine):
     """A fault engine that takes `priority` and records what each sentence got."""
 

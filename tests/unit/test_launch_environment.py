@@ -1,0 +1,78 @@
+"""The cluster environment comes from serve_config.yaml (what `serve run` reads), and a cluster this
+project starts gets HAProxy side ports of its own; processes the cluster leaves behind are ended."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from serve_app.launch import (
+    DEFAULT_CONFIG,
+    HAPROXY_PORT_VARIABLES,
+    apply_cluster_environment,
+    cluster_environment,
+    load_config,
+    own_side_ports,
+)
+
+
+def test_serve_run_reads_ray_serves_fastest_ingress_path_from_the_config() -> None:
+    env = cluster_environment()
+    assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    # The same block is what Serve's controller is started with (controller_options).
+    config = load_config(DEFAULT_CONFIG)
+    assert config.controller_options.runtime_env == {"env_vars": env}
+
+
+def test_a_cluster_started_here_gets_side_ports_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in HAPROXY_PORT_VARIABLES:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "18404")  # an operator's choice is kept
+    with own_side_ports():
+        assert os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
+        ports = [int(os.environ[key]) for key in HAPROXY_PORT_VARIABLES[1:]]
+        assert len(set(ports)) == len(ports) and all(port not in (9101, 8500, 9500) for port in ports)
+    # Afterwards a cluster started by a child process (a test's launcher) picks its own again.
+    assert [key for key in HAPROXY_PORT_VARIABLES if key in os.environ] == ["RAY_SERVE_HAPROXY_STATS_PORT"]
+
+
+def test_the_config_environment_is_set_unless_the_operator_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in cluster_environment():
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")
+    apply_cluster_environment()
+    assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+
+
+def test_an_orphaned_grandchild_is_adopted_and_ended() -> None:
+    # A child that starts a long-lived process and exits at once: the process is orphaned, as
+    # HAProxy is when the actor that started it is killed.
+    script = (
+        "import subprocess, sys; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+        " stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); print(p.pid)"
+    )
+    code = (
+        "import subprocess, sys, os, time\n"
+        "from serve_app.launch import adopt_orphans, end_orphans\n"
+        "adopt_orphans()\n"
+        f"out = subprocess.run([sys.executable, '-c', {script!r}], capture_output=True, text=True).stdout\n"
+        "pid = int(out)\n"
+        "time.sleep(0.2)\n"
+        "os.kill(pid, 0)\n"  # still running, adopted by this process
+        "end_orphans(grace_s=2.0)\n"
+        "try:\n"
+        "    os.kill(pid, 0)\n"
+        "except ProcessLookupError:\n"
+        "    print('ended')\n"
+    )
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.stdout.strip() == "ended", result.stderr
+    assert time.monotonic() - started < 30
