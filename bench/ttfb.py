@@ -14,7 +14,9 @@ with like), all answering the same one-sentence request:
    to Flite (`engine: flite`), `pcm`;
 6. `make run`: the project's launcher (`python -m serve_app.launch`, what `make run` runs), same
    requests.
-Per system: median first-byte time of `--runs` sequential requests; requests/s with
+Per system: median first-byte time of `--runs` sequential requests; then a wait until the system
+is idle (under a quarter of a core for 3 s: start-up work is not billed to the measured requests),
+whose idle CPU rate is reported; requests/s with
 `--concurrency` clients for `--requests` requests, with the first-byte p50/p95 under that load;
 and CPU milliseconds per request of every process of the system (the server, its workers and
 children, Ray's daemons and replicas), from the OS's counters, during the throughput phase.
@@ -59,6 +61,7 @@ class Figures:
     loaded_ttfb_p50_ms: float | None = None
     loaded_ttfb_p95_ms: float | None = None
     cpu_ms_per_request: float | None = None
+    idle_cpu_ms_per_s: float | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -168,8 +171,10 @@ def measure(
         request = body(pinned)
         print(f"[{name}] {args.runs} sequential requests", flush=True)
         one = asyncio.run(sequential(speech, request, args.runs))
+        cpu = tree_cpu(proc.pid)
+        figures.idle_cpu_ms_per_s = settle(name, cpu)
         print(f"[{name}] {args.requests} requests, {args.concurrency} at a time", flush=True)
-        load = throughput(speech, request, args.requests, args.concurrency, tree_cpu(proc.pid))
+        load = throughput(speech, request, args.requests, args.concurrency, cpu)
         rps, loaded, cpu_s = asyncio.run(load)
         figures.ttfb_ms = median_ms([t.ttfb_s for t in one])
         figures.total_ms = median_ms([t.total_s for t in one])
@@ -182,6 +187,28 @@ def measure(
     finally:
         stop(proc)
     return figures
+
+
+SETTLED_CPU_MS_PER_S = 250.0  # a quarter of one core: start-up work (loading, first scaling) is over
+SETTLE_WINDOW_S = 3.0
+SETTLE_LIMIT_S = 90.0
+
+
+def settle(name: str, cpu: Callable[[], float]) -> float:
+    """Wait until the system is idle, so that start-up work is not billed to the measured requests.
+
+    A service runs for hours; right after start it still loads voices, grammars and replicas in the
+    background. Returns the idle CPU rate (ms per second, all of its processes) over the last
+    window: what the system costs while nothing is asked of it, which the plain servers do not pay.
+    """
+    started = time.monotonic()
+    while True:
+        before = cpu()
+        time.sleep(SETTLE_WINDOW_S)
+        rate = (cpu() - before) * 1000 / SETTLE_WINDOW_S
+        if rate <= SETTLED_CPU_MS_PER_S or time.monotonic() - started > SETTLE_LIMIT_S:
+            print(f"[{name}] idle at {rate:.0f} ms of CPU a second after {time.monotonic() - started:.0f}s", flush=True)
+            return round(rate, 1)
 
 
 def wait_ok(url: str, timeout_s: float) -> None:
@@ -287,10 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     figures = systems(args)
     print()
-    columns = ("ttfb ms", "total ms", "req/s", "p50 ms", "p95 ms", "cpu ms/req")
+    columns = ("ttfb ms", "total ms", "req/s", "p50 ms", "p95 ms", "cpu ms/req", "idle ms/s")
     print(f"{'system':<20} " + " ".join(f"{c:>10}" for c in columns))
     for f in figures:
-        cells = [f.ttfb_ms, f.total_ms, f.rps, f.loaded_ttfb_p50_ms, f.loaded_ttfb_p95_ms, f.cpu_ms_per_request]
+        cells = [
+            f.ttfb_ms, f.total_ms, f.rps, f.loaded_ttfb_p50_ms, f.loaded_ttfb_p95_ms, f.cpu_ms_per_request,
+            f.idle_cpu_ms_per_s,
+        ]
         print(f"{f.name:<20} " + " ".join(f"{'-' if c is None else f'{c:g}':>10}" for c in cells))
         for note in f.notes:
             print(f"    {note}")

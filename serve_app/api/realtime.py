@@ -58,7 +58,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from config.cors import allowed_origins
 from config.logging import truncate
-from serve_app.api.deps import get_voice_store, require_api_key_ws, state_of
+from serve_app.api.deps import require_api_key_ws, state_of, voice_store_of
 from serve_app.api.errors import error_body, validation_error
 from serve_app.api.speech import (
     LANGUAGE_PATTERN,
@@ -380,7 +380,7 @@ class RealtimeSession:
         voicing = replace(self.voicing, **changes)
         if voicing.model is not None and voicing.model not in SUPPORTED_MODELS:
             raise InvalidInput(f"model '{voicing.model[:64]}' does not exist", code="model_not_found", param="model")
-        if "voice" in changes and not await voice_exists(voicing.voice, self.tts, get_voice_store(self.state)):
+        if "voice" in changes and not await voice_exists(voicing.voice, self.tts, voice_store_of(self.state)):
             raise InvalidInput(f"unknown voice '{voicing.voice[:64]}'", code="invalid_voice", param="voice")
         self.tts.validate(voicing.request())  # engine, speed range, a pinned engine that is not deployed
         self.voicing = voicing

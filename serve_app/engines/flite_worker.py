@@ -8,8 +8,15 @@ the engine only sends one when its own library is busy (see `serve_app.engines.f
 
 The protocol is ours alone, over the helper's stdin/stdout: a 4-byte big-endian length, then a
 pickled object (a request `(text, voice, speed)`; a reply `("ok", rate, pcm, marks)` or
-`("error", message)`). A helper whose caller left mid-request is killed rather than drained, and
-one that dies is replaced on the next request.
+`("error", message)`). A helper whose caller left mid-request is killed rather than drained. One
+that dies before answering is replaced and the request is sent once more to a new one: nothing of
+the sentence had reached the caller yet (a helper answers with the whole of it), so the caller loses
+nothing; a second death in a row is an engine error.
+
+Helpers are started with `subprocess.Popen`, not the event loop's subprocess support: in a Serve
+replica the loop is uvloop, whose spawn forks the whole multi-threaded process and runs gRPC's fork
+handlers in the child, which was seen to crash the child (SIGSEGV) before it could exec. CPython's
+`Popen` uses vfork, which runs no fork handlers; only the helper's stdout is read on the loop.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import logging
 import os
 import pickle
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -35,25 +43,50 @@ _LENGTH = struct.Struct(">I")
 
 
 class _Helper:
-    """One helper process and its pipes."""
+    """One helper process: requests written to its stdin, replies read from its stdout on the loop."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], replies: asyncio.StreamReader, transport: asyncio.BaseTransport):
         self.proc = proc
+        self._replies = replies
+        self._transport = transport
+
+    @classmethod
+    async def start(cls) -> _Helper:
+        proc = await asyncio.to_thread(
+            subprocess.Popen,
+            [sys.executable, "-m", "serve_app.engines.flite_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        replies = asyncio.StreamReader()
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(replies), proc.stdout)
+        return cls(proc, replies, transport)
 
     async def call(self, request: tuple[str, str, float]) -> tuple[int, bytes, list[WordMark]]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+        assert self.proc.stdin is not None
         payload = pickle.dumps(request)
+        # A request is a sentence (at most a few KB), far below a pipe's buffer: the write never waits.
         self.proc.stdin.write(_LENGTH.pack(len(payload)) + payload)
-        await self.proc.stdin.drain()
-        size = _LENGTH.unpack(await self.proc.stdout.readexactly(_LENGTH.size))[0]
-        reply = pickle.loads(await self.proc.stdout.readexactly(size))
+        self.proc.stdin.flush()
+        size = _LENGTH.unpack(await self._replies.readexactly(_LENGTH.size))[0]
+        reply = pickle.loads(await self._replies.readexactly(size))
         if reply[0] != "ok":
             raise EngineUnavailable(f"flite helper: {reply[1]}")
         return reply[1], reply[2], reply[3]
 
     def kill(self) -> None:
-        if self.proc.returncode is None:
+        """End the process and close its pipes (it is reaped by the next `Popen` or at exit)."""
+        if self.proc.poll() is None:
             self.proc.kill()
+        self._transport.close()
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+
+
+_DIED = (asyncio.IncompleteReadError, BrokenPipeError, ConnectionResetError)
 
 
 class FliteWorkers:
@@ -81,35 +114,35 @@ class FliteWorkers:
         self.busy += 1
         call = next(self._call_ids)
         self._calls[call] = time.monotonic()
-        helper: _Helper | None = None
         try:
-            helper = self._idle.pop() if self._idle else await self._start()
-            result = await helper.call((text, voice, speed))
-        except (asyncio.IncompleteReadError, BrokenPipeError, ConnectionResetError) as exc:
-            if helper is not None:
-                helper.kill()
-                helper = None
-            raise EngineUnavailable(f"flite helper died: {type(exc).__name__}") from None
-        except BaseException:
-            if helper is not None:  # cancelled mid-request: its reply would confuse the next caller
-                helper.kill()
-                helper = None
-            raise
+            try:
+                return await self._speak_once(text, voice, speed)
+            except _DIED as exc:
+                logger.warning("flite helper died (%s); the sentence goes to a new one", type(exc).__name__)
+            try:
+                return await self._speak_once(text, voice, speed)
+            except _DIED as exc:
+                raise EngineUnavailable(f"flite helper died twice in a row: {type(exc).__name__}") from None
         finally:
             self.busy -= 1
             del self._calls[call]
-            if helper is not None:
-                self._idle.append(helper)
+
+    async def _speak_once(self, text: str, voice: str, speed: float) -> tuple[int, bytes, list[WordMark]]:
+        helper = self._idle.pop() if self._idle else await self._start()
+        try:
+            result = await helper.call((text, voice, speed))
+        except BaseException:
+            # Dead, or cancelled mid-request (its late reply would confuse the next caller): replaced.
+            helper.kill()
+            raise
+        self._idle.append(helper)
         return result
 
     async def _start(self) -> _Helper:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "serve_app.engines.flite_worker",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
-        )
+        helper = await _Helper.start()
         self._started += 1
-        logger.debug("flite helper %d started (pid %s)", self._started, proc.pid)
-        return _Helper(proc)
+        logger.debug("flite helper %d started (pid %s)", self._started, helper.proc.pid)
+        return helper
 
     def close(self) -> None:
         for helper in self._idle:

@@ -177,3 +177,35 @@ async def test_a_hung_libflite_fails_the_health_check_until_it_moves() -> None:
     finally:
         release.set()
         library._lib.flite_text_to_wave = real
+
+
+async def test_a_helper_that_dies_before_answering_is_replaced_and_the_sentence_still_spoken() -> None:
+    from serve_app.engines.flite_worker import FliteWorkers
+
+    workers = FliteWorkers(1)
+    try:
+        await workers.speak("Warm.", "slt", 1.0)
+        (helper,) = workers._idle
+        helper.proc.kill()  # the idle helper dies (as one crashed at start did)
+        helper.proc.wait()
+        rate, pcm, marks = await workers.speak("Spoken all the same.", "slt", 1.0)
+        assert rate == 16000 and len(pcm) > 0 and [m.word for m in marks] == ["spoken", "all", "the", "same"]
+        assert workers._started == 2 and workers.busy == 0
+    finally:
+        workers.close()
+
+
+def test_helpers_start_and_speak_under_uvloop_as_in_a_serve_replica() -> None:
+    import uvloop
+
+    from serve_app.engines.flite_worker import FliteWorkers
+
+    async def speak() -> int:
+        workers = FliteWorkers(2)
+        try:
+            results = await asyncio.gather(*(workers.speak("From a helper.", "slt", 1.0) for _ in range(2)))
+            return sum(len(pcm) for _, pcm, _ in results)
+        finally:
+            workers.close()
+
+    assert uvloop.run(speak()) > 16000
