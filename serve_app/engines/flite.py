@@ -126,7 +126,7 @@ _STREAM_CALLBACK = ctypes.CFUNCTYPE(
 )
 _STREAM_CONTINUE, _STREAM_STOP = 0, -1
 _STREAM_MIN_SAMPLES = 2048  # ~128 ms at 16 kHz: the first chunk leaves long before the sentence ends
-_LATER_CHUNK_SECONDS = 2.0  # later chunks: big, as each is a message through Serve
+LATER_CHUNK_SECONDS = 2.0  # later chunks: big, as each is a message through Serve
 _DONE = object()
 # Paths from a Word item to the segments around it (flite's feature-path language, as in `flite -ps`).
 _WORD_START = b"R:SylStructure.daughter1.daughter1.R:Segment.p.end"
@@ -333,7 +333,7 @@ class FliteLibrary:
                     continue
                 rate, pcm = item
                 pending += pcm
-                if first or len(pending) >= _LATER_CHUNK_SECONDS * rate * 2:
+                if first or len(pending) >= LATER_CHUNK_SECONDS * rate * 2:
                     yield rate, pending
                     pending = b""
                     first = False
@@ -404,8 +404,8 @@ class FliteBinary:
 
 
 class FliteHelpers:
-    """libflite in helper processes (`serve_app.engines.flite_worker`) as a backend: the whole text
-    in one piece, after its word marks."""
+    """libflite in helper processes (`serve_app.engines.flite_worker`) as a backend: streamed as
+    in-process, word marks first."""
 
     kind = "helpers"
 
@@ -414,10 +414,8 @@ class FliteHelpers:
 
     async def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[FlitePiece]:
         yield STARTED  # only chosen while a helper is idle: the work begins now
-        rate, pcm, marks = await self.workers.speak(text, voice, speed)
-        for mark in marks:
-            yield mark
-        yield rate, pcm
+        async for piece in self.workers.stream(text, voice, speed):
+            yield piece
 
 
 class FliteEngine(Engine):

@@ -6,12 +6,17 @@ libflite (`python -m serve_app.engines.flite_worker`), started on first use and 
 start and no voice load per request, and word timings are kept. A request goes to an idle helper;
 the engine only sends one when its own library is busy (see `serve_app.engines.flite`).
 
+A helper streams as libflite does in-process: the word timings, then the first piece of audio as
+soon as flite's callback has it (time to first byte under load is that of the library, not of the
+whole sentence), then the rest gathered into pieces of about two seconds, then "done".
+
 The protocol is ours alone, over the helper's stdin/stdout: a 4-byte big-endian length, then a
-pickled object (a request `(text, voice, speed)`; a reply `("ok", rate, pcm, marks)` or
-`("error", message)`). A helper whose caller left mid-request is killed rather than drained. One
-that dies before answering is replaced and the request is sent once more to a new one: nothing of
-the sentence had reached the caller yet (a helper answers with the whole of it), so the caller loses
-nothing; a second death in a row is an engine error.
+pickled object (a request `(text, voice, speed)`; replies `("marks", [WordMark])`,
+`("audio", rate, pcm)`, then `("done",)` or `("error", message)`). A helper whose caller left
+mid-request is killed rather than drained. One that dies before its first reply is replaced and the
+request is sent once more to a new one (the caller has had nothing of the sentence yet); a second
+death in a row, or a death after audio went out, is an engine error (the router resumes the
+sentence on another engine at the first unheard word).
 
 Helpers are started with `subprocess.Popen`, not the event loop's subprocess support: in a Serve
 replica the loop is uvloop, whose spawn forks the whole multi-threaded process and runs gRPC's fork
@@ -32,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any, BinaryIO
 
 from serve_app.core.errors import EngineUnavailable
@@ -64,17 +70,26 @@ class _Helper:
         transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(replies), proc.stdout)
         return cls(proc, replies, transport)
 
-    async def call(self, request: tuple[str, str, float]) -> tuple[int, bytes, list[WordMark]]:
+    async def stream(self, request: tuple[str, str, float]) -> AsyncIterator[tuple[int, bytes] | WordMark]:
+        """The helper's replies to one request, as pieces, until it says it is done."""
         assert self.proc.stdin is not None
         payload = pickle.dumps(request)
         # A request is a sentence (at most a few KB), far below a pipe's buffer: the write never waits.
         self.proc.stdin.write(_LENGTH.pack(len(payload)) + payload)
         self.proc.stdin.flush()
-        size = _LENGTH.unpack(await self._replies.readexactly(_LENGTH.size))[0]
-        reply = pickle.loads(await self._replies.readexactly(size))
-        if reply[0] != "ok":
-            raise EngineUnavailable(f"flite helper: {reply[1]}")
-        return reply[1], reply[2], reply[3]
+        while True:
+            size = _LENGTH.unpack(await self._replies.readexactly(_LENGTH.size))[0]
+            reply = pickle.loads(await self._replies.readexactly(size))
+            kind = reply[0]
+            if kind == "done":
+                return
+            if kind == "marks":
+                for mark in reply[1]:
+                    yield mark
+            elif kind == "audio":
+                yield reply[1], reply[2]
+            else:
+                raise EngineUnavailable(f"flite helper: {reply[1]}")
 
     def kill(self) -> None:
         """End the process and close its pipes (it is reaped by the next `Popen` or at exit)."""
@@ -109,34 +124,35 @@ class FliteWorkers:
     def free(self) -> bool:
         return self.busy < self.size
 
-    async def speak(self, text: str, voice: str, speed: float) -> tuple[int, bytes, list[WordMark]]:
-        """(rate, pcm, word marks) of the whole text, from an idle helper (one is started if none is)."""
+    async def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[tuple[int, bytes] | WordMark]:
+        """Word marks and (rate, pcm) pieces of `text` from an idle helper (one is started if none is)."""
         self.busy += 1
         call = next(self._call_ids)
         self._calls[call] = time.monotonic()
         try:
-            try:
-                return await self._speak_once(text, voice, speed)
-            except _DIED as exc:
-                logger.warning("flite helper died (%s); the sentence goes to a new one", type(exc).__name__)
-            try:
-                return await self._speak_once(text, voice, speed)
-            except _DIED as exc:
-                raise EngineUnavailable(f"flite helper died twice in a row: {type(exc).__name__}") from None
+            for attempt in (1, 2):
+                helper = self._idle.pop() if self._idle else await self._start()
+                replied = False
+                try:
+                    async for piece in helper.stream((text, voice, speed)):
+                        replied = True
+                        yield piece
+                except _DIED as exc:
+                    helper.kill()
+                    if replied or attempt == 2:
+                        raise EngineUnavailable(f"flite helper died: {type(exc).__name__}") from None
+                    logger.warning("flite helper died (%s); the sentence goes to a new one", type(exc).__name__)
+                    continue
+                except BaseException:
+                    # Cancelled or abandoned mid-request (its late replies would confuse the next
+                    # caller), or failed: replaced.
+                    helper.kill()
+                    raise
+                self._idle.append(helper)
+                return
         finally:
             self.busy -= 1
             del self._calls[call]
-
-    async def _speak_once(self, text: str, voice: str, speed: float) -> tuple[int, bytes, list[WordMark]]:
-        helper = self._idle.pop() if self._idle else await self._start()
-        try:
-            result = await helper.call((text, voice, speed))
-        except BaseException:
-            # Dead, or cancelled mid-request (its late reply would confuse the next caller): replaced.
-            helper.kill()
-            raise
-        self._idle.append(helper)
-        return result
 
     async def _start(self) -> _Helper:
         helper = await _Helper.start()
@@ -169,21 +185,37 @@ def serve_forever(requests: BinaryIO, replies: BinaryIO) -> None:
 
     library = FliteLibrary()
     while (request := _read(requests)) is not None:
+        text, voice, speed = request
         try:
-            _write(replies, ("ok", *_speak(library, *request)))
+            _speak(library, text, voice, speed, lambda reply: _write(replies, reply))
+            _write(replies, ("done",))
         except Exception as exc:  # the parent turns it into an engine error
             _write(replies, ("error", f"{type(exc).__name__}: {str(exc)[:200]}"))
 
 
-def _speak(library: Any, text: str, voice: str, speed: float) -> tuple[int, bytes, list[WordMark]]:
-    """The same synthesis as in-process, gathered: (rate, pcm, word marks)."""
-    pieces: list[tuple[int, bytes]] = []
-    marks: list[WordMark] = []
+def _speak(library: Any, text: str, voice: str, speed: float, send: Callable[[tuple[Any, ...]], None]) -> None:
+    """The same synthesis as in-process, sent as it comes: the first piece at once, then pieces of
+    about `LATER_CHUNK_SECONDS` (each is a message through the pipe and then through Serve)."""
+    from serve_app.engines.flite import LATER_CHUNK_SECONDS
+
+    pending = bytearray()
+    rate = 0
+    first = True
+
+    def emit(piece_rate: int, pcm: bytes) -> None:
+        nonlocal rate, first
+        rate = piece_rate
+        pending.extend(pcm)
+        if first or len(pending) >= LATER_CHUNK_SECONDS * rate * 2:
+            send(("audio", rate, bytes(pending)))
+            pending.clear()
+            first = False
+
     library._synthesize_blocking(
-        text, voice, speed, lambda rate, pcm: pieces.append((rate, pcm)), threading.Event(), marks.extend
+        text, voice, speed, emit, threading.Event(), lambda marks: send(("marks", marks))
     )
-    rate = pieces[0][0] if pieces else 16000
-    return rate, b"".join(pcm for _, pcm in pieces), marks
+    if pending:
+        send(("audio", rate, bytes(pending)))
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from serve_app.core.timing import WordMark
 from serve_app.engines import registry
 from serve_app.engines.base import EngineUnavailable, InvalidInput
 from serve_app.engines.flite import FliteBinary, FliteEngine, FliteLibrary
+from serve_app.engines.flite_worker import FliteWorkers
 
 LONG = "This sentence is long enough that flite streams it out in several pieces as it goes along."
 
@@ -121,19 +122,42 @@ async def test_while_libflite_is_busy_a_second_request_is_spoken_by_a_helper_pro
         engine._helpers.workers.close()
 
 
-async def test_a_helper_whose_caller_left_is_replaced() -> None:
-    from serve_app.engines.flite_worker import FliteWorkers
+async def spoken(workers: FliteWorkers, text: str) -> tuple[bytes, list[WordMark], int]:
+    """A helper's whole answer: its audio, its word marks and how many audio pieces it came in."""
+    pieces = [piece async for piece in workers.stream(text, "slt", 1.0)]
+    audio = [piece for piece in pieces if isinstance(piece, tuple)]
+    assert audio and {rate for rate, _ in audio} == {16000}
+    return b"".join(pcm for _, pcm in audio), [p for p in pieces if isinstance(p, WordMark)], len(audio)
 
+
+async def test_a_helper_whose_caller_left_is_replaced() -> None:
     workers = FliteWorkers(1)
     try:
-        first = asyncio.ensure_future(workers.speak(LONG * 10, "slt", 1.0))
+        first = asyncio.ensure_future(spoken(workers, LONG * 10))
         await asyncio.sleep(0.5)  # the helper is busy with it
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first
-        rate, pcm, marks = await workers.speak("Still speaking.", "slt", 1.0)
-        assert rate == 16000 and len(pcm) > 0 and [m.word for m in marks] == ["still", "speaking"]
+        pcm, marks, _ = await spoken(workers, "Still speaking.")
+        assert len(pcm) > 0 and [m.word for m in marks] == ["still", "speaking"]
         assert workers._started == 2 and workers.busy == 0
+    finally:
+        workers.close()
+
+
+async def test_a_helper_streams_its_first_piece_before_the_sentence_is_done() -> None:
+    workers = FliteWorkers(1)
+    try:
+        stream = workers.stream(LONG * 3, "slt", 1.0)
+        marks = []
+        while isinstance(piece := await stream.__anext__(), WordMark):
+            marks.append(piece)  # the word timings come first, as from the library in-process
+        assert marks and isinstance(piece, tuple)
+        first_piece = len(piece[1])
+        rest = [p async for p in stream]
+        total = first_piece + sum(len(p[1]) for p in rest if isinstance(p, tuple))
+        assert first_piece < total / 4 and rest  # a first piece, then the rest in larger pieces
+        assert workers.busy == 0 and len(workers._idle) == 1  # the helper is reused
     finally:
         workers.close()
 
@@ -180,16 +204,14 @@ async def test_a_hung_libflite_fails_the_health_check_until_it_moves() -> None:
 
 
 async def test_a_helper_that_dies_before_answering_is_replaced_and_the_sentence_still_spoken() -> None:
-    from serve_app.engines.flite_worker import FliteWorkers
-
     workers = FliteWorkers(1)
     try:
-        await workers.speak("Warm.", "slt", 1.0)
+        await spoken(workers, "Warm.")
         (helper,) = workers._idle
         helper.proc.kill()  # the idle helper dies (as one crashed at start did)
         helper.proc.wait()
-        rate, pcm, marks = await workers.speak("Spoken all the same.", "slt", 1.0)
-        assert rate == 16000 and len(pcm) > 0 and [m.word for m in marks] == ["spoken", "all", "the", "same"]
+        pcm, marks, _ = await spoken(workers, "Spoken all the same.")
+        assert len(pcm) > 0 and [m.word for m in marks] == ["spoken", "all", "the", "same"]
         assert workers._started == 2 and workers.busy == 0
     finally:
         workers.close()
@@ -198,13 +220,11 @@ async def test_a_helper_that_dies_before_answering_is_replaced_and_the_sentence_
 def test_helpers_start_and_speak_under_uvloop_as_in_a_serve_replica() -> None:
     import uvloop
 
-    from serve_app.engines.flite_worker import FliteWorkers
-
     async def speak() -> int:
         workers = FliteWorkers(2)
         try:
-            results = await asyncio.gather(*(workers.speak("From a helper.", "slt", 1.0) for _ in range(2)))
-            return sum(len(pcm) for _, pcm, _ in results)
+            results = await asyncio.gather(*(spoken(workers, "From a helper.") for _ in range(2)))
+            return sum(len(pcm) for pcm, _, _ in results)
         finally:
             workers.close()
 
