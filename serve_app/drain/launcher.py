@@ -32,10 +32,12 @@ def drain_proxies() -> list[Any]:
     """Put Serve's HTTP proxies in their draining state; returns their handles (empty if unreachable).
 
     A draining proxy answers its own health check (`/-/healthz`) 503, for load balancers that probe
-    the proxy, and still forwards requests. Its count of ongoing requests ends only when a response
-    has been handed to the client's connection, so waiting for it protects the tail of a stream the
-    replica has finished but a slow client has not read yet. Serve has no public call for this; on
-    a Ray without it the drain falls back to the replicas' counts alone.
+    the proxy, and still forwards requests (in HAProxy mode the handles are HAProxy's managers,
+    which reload HAProxy with the health check failing: it turns 503 a moment after this returns).
+    Its count of ongoing requests ends only when a response has been handed to the client's
+    connection, so waiting for it protects the tail of a stream the replica has finished but a slow
+    client has not read yet. Serve has no public call for this; on a Ray without it the drain falls
+    back to the replicas' counts alone.
     """
     import ray
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE

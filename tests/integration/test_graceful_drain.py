@@ -197,7 +197,12 @@ def test_second_signal_exits_at_once_with_128_plus_signum(launchers: dict[str, L
     os.kill(launcher.proc.pid, signal.SIGTERM)
     wait_draining(launcher)
     assert launcher.proc.poll() is None  # still draining: the stalled stream is in flight
-    assert httpx.get(f"{launcher.url}/-/healthz", timeout=10).status_code == 503  # Serve's proxy drains too
+    # HAProxy's health check drains too: it is reloaded to fail it, which takes a moment.
+    healthz = f"{launcher.url}/-/healthz"
+    deadline = time.monotonic() + 10
+    while httpx.get(healthz, timeout=10).status_code != 503:
+        assert time.monotonic() < deadline, "HAProxy's /-/healthz still answers 200 while draining"
+        time.sleep(0.1)
     time.sleep(SAME_STOP_WINDOW_S)  # an operator insisting, not the same stop delivered twice
     os.kill(launcher.proc.pid, signal.SIGTERM)
     assert launcher.proc.wait(timeout=EXIT_LIMIT_S) == 128 + signal.SIGTERM, launcher.log_tail()
