@@ -34,8 +34,10 @@ class EngineSlot:
     busy_streak: int = 0
 
     def busy_answer(self, now: float) -> None:
-        self.busy_until = now + min(BUSY_BACKOFF_MAX_S, BUSY_BACKOFF_S * 2**self.busy_streak)
-        self.busy_streak += 1
+        # The streak stops counting once the wait is at its ceiling: under a flood thousands of busy
+        # answers come in a row, and 2**streak would overflow a float (that once failed sentences).
+        self.busy_until = now + min(BUSY_BACKOFF_MAX_S, BUSY_BACKOFF_S * 2.0**self.busy_streak)
+        self.busy_streak = min(self.busy_streak + 1, _BUSY_STREAK_CEILING)
 
     def started(self) -> None:
         self.busy_until = 0.0
@@ -44,6 +46,7 @@ class EngineSlot:
 
 BUSY_BACKOFF_S = 0.5
 BUSY_BACKOFF_MAX_S = 30.0
+_BUSY_STREAK_CEILING = 16  # 0.5 s * 2**16 is far past the 30 s ceiling
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

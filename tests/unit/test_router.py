@@ -543,3 +543,23 @@ async def test_later_sentences_go_to_the_engine_as_playing_and_look_ahead_waits_
         ]
     finally:
         await router.aclose()
+
+
+def test_thousands_of_busy_answers_in_a_row_keep_the_wait_at_its_ceiling() -> None:
+    # A flood gives an engine thousands of busy answers in a row; the back-off must stay a number
+    # (2**streak once overflowed a float and failed the sentences of answers already playing).
+    from serve_app.core.breaker import CircuitBreaker
+    from serve_app.router.admission import Limiter
+    from serve_app.router.status import BUSY_BACKOFF_MAX_S, BUSY_BACKOFF_S, EngineSlot
+    from serve_app.router.types import EngineLimits
+
+    client = UnavailableEngineClient("flite", "not needed here")
+    slot = EngineSlot("flite", client, CircuitBreaker(), Limiter(1), EngineLimits(1.0, 1.0, 1))
+    slot.busy_answer(100.0)
+    assert slot.busy_until == 100.0 + BUSY_BACKOFF_S
+    for _ in range(5000):
+        slot.busy_answer(100.0)
+    assert slot.busy_until == 100.0 + BUSY_BACKOFF_MAX_S
+    slot.started()
+    slot.busy_answer(200.0)
+    assert slot.busy_until == 200.0 + BUSY_BACKOFF_S
