@@ -126,7 +126,7 @@ _STREAM_CALLBACK = ctypes.CFUNCTYPE(
 )
 _STREAM_CONTINUE, _STREAM_STOP = 0, -1
 _STREAM_MIN_SAMPLES = 2048  # ~128 ms at 16 kHz: the first chunk leaves long before the sentence ends
-LATER_CHUNK_SECONDS = 2.0  # later chunks: big, as each is a message through Serve
+_LATER_CHUNK_SECONDS = 2.0  # later chunks: big, as each is a message through Serve
 _DONE = object()
 # Paths from a Word item to the segments around it (flite's feature-path language, as in `flite -ps`).
 _WORD_START = b"R:SylStructure.daughter1.daughter1.R:Segment.p.end"
@@ -136,6 +136,35 @@ _WORD_END = b"R:SylStructure.daughtern.daughtern.R:Segment.end"
 # libflite's lock), then (sample rate, PCM) pieces, and word marks where it knows them.
 STARTED = b""
 FlitePiece: TypeAlias = tuple[int, bytes] | WordMark | bytes
+
+
+class PieceGatherer:
+    """The audio of one synthesis as it should travel: the first piece at once (time to first byte),
+    later ones gathered into pieces of about `_LATER_CHUNK_SECONDS`, because flite runs ~100x faster
+    than real time and every piece costs a message (through a helper's pipe, and through Serve)."""
+
+    def __init__(self) -> None:
+        self.rate = 0  # one synthesis has one rate
+        self._pending = bytearray()
+        self._first = True
+
+    def add(self, rate: int, pcm: bytes) -> tuple[int, bytes] | None:
+        """A piece to send now, or None while gathering."""
+        self.rate = rate
+        self._pending += pcm
+        if self._first or len(self._pending) >= _LATER_CHUNK_SECONDS * rate * 2:
+            self._first = False
+            return self._take()
+        return None
+
+    def rest(self) -> tuple[int, bytes] | None:
+        """What is still gathered when the synthesis ends (None if nothing)."""
+        return self._take() if self._pending else None
+
+    def _take(self) -> tuple[int, bytes]:
+        piece = (self.rate, bytes(self._pending))
+        self._pending.clear()
+        return piece
 
 
 class FliteBackend(Protocol):
@@ -314,12 +343,7 @@ class FliteLibrary:
 
         worker = asyncio.ensure_future(run())
         try:
-            # The first piece leaves at once (time to first byte); later pieces are gathered into
-            # chunks of about a second, because flite runs ~100x faster than real time and every
-            # chunk costs a message through Serve.
-            pending = b""
-            rate = 0  # one synthesis has one rate
-            first = True
+            gathered = PieceGatherer()
             while True:
                 item = await queue.get()
                 if item is _DONE:
@@ -331,14 +355,10 @@ class FliteLibrary:
                     for mark in item:
                         yield mark
                     continue
-                rate, pcm = item
-                pending += pcm
-                if first or len(pending) >= LATER_CHUNK_SECONDS * rate * 2:
-                    yield rate, pending
-                    pending = b""
-                    first = False
-            if pending:
-                yield rate, pending
+                if (piece := gathered.add(*item)) is not None:
+                    yield piece
+            if (piece := gathered.rest()) is not None:
+                yield piece
             await worker  # re-raises a synthesis error
         finally:
             cancelled.set()

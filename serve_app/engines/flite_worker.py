@@ -51,7 +51,9 @@ _LENGTH = struct.Struct(">I")
 class _Helper:
     """One helper process: requests written to its stdin, replies read from its stdout on the loop."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], replies: asyncio.StreamReader, transport: asyncio.BaseTransport):
+    def __init__(
+        self, proc: subprocess.Popen[bytes], replies: asyncio.StreamReader, transport: asyncio.BaseTransport
+    ) -> None:
         self.proc = proc
         self._replies = replies
         self._transport = transport
@@ -194,28 +196,20 @@ def serve_forever(requests: BinaryIO, replies: BinaryIO) -> None:
 
 
 def _speak(library: Any, text: str, voice: str, speed: float, send: Callable[[tuple[Any, ...]], None]) -> None:
-    """The same synthesis as in-process, sent as it comes: the first piece at once, then pieces of
-    about `LATER_CHUNK_SECONDS` (each is a message through the pipe and then through Serve)."""
-    from serve_app.engines.flite import LATER_CHUNK_SECONDS
+    """The same synthesis as in-process, sent as it comes, in the same pieces."""
+    from serve_app.engines.flite import PieceGatherer
 
-    pending = bytearray()
-    rate = 0
-    first = True
+    gathered = PieceGatherer()
 
-    def emit(piece_rate: int, pcm: bytes) -> None:
-        nonlocal rate, first
-        rate = piece_rate
-        pending.extend(pcm)
-        if first or len(pending) >= LATER_CHUNK_SECONDS * rate * 2:
-            send(("audio", rate, bytes(pending)))
-            pending.clear()
-            first = False
+    def emit(rate: int, pcm: bytes) -> None:
+        if (piece := gathered.add(rate, pcm)) is not None:
+            send(("audio", *piece))
 
     library._synthesize_blocking(
         text, voice, speed, emit, threading.Event(), lambda marks: send(("marks", marks))
     )
-    if pending:
-        send(("audio", rate, bytes(pending)))
+    if (piece := gathered.rest()) is not None:
+        send(("audio", *piece))
 
 
 def main() -> None:
