@@ -164,7 +164,8 @@ class RouterSpeechSource:
 
     @classmethod
     def from_cluster(cls, settings: Settings, app_name: str = "tts") -> RouterSpeechSource:
-        """Compose the router like the ingress does, over the running app's engine deployments."""
+        """Compose the router like the ingress does: the running app's engine deployments through
+        their handles, and the engines declared in-process (Flite) built in this process."""
         from ray import serve
 
         from serve_app.engines import registry
@@ -173,17 +174,25 @@ class RouterSpeechSource:
         deployed = set(serve.status().applications[app_name].deployments)
         handles: dict[str, Any] = {}
         unavailable: dict[str, str] = {}
+        in_process: list[str] = []
         for engine in settings.router.engine_chain:
-            name = registry.spec(engine).deployment_name
-            if name not in deployed:
-                unavailable[engine] = f"not deployed in Serve app '{app_name}'"
+            declared = registry.spec(engine)
+            if declared.deployment_name in deployed:
+                handles[engine] = serve.get_deployment_handle(declared.deployment_name, app_name=app_name)
+            elif declared.hosted_in_process(registry.engine_settings(engine)):
+                in_process.append(engine)
             else:
-                handles[engine] = serve.get_deployment_handle(name, app_name=app_name)
-        if not handles:
+                unavailable[engine] = f"not deployed in Serve app '{app_name}'"
+        local, failed = _process_engines(tuple(in_process), settings)
+        if not handles and not local:
             raise RuntimeError(f"Serve app '{app_name}' has no engine deployments")
         # The breakers follow the app's breaker board: a new conversation starts knowing what the
         # cluster knows, and its strikes count for everyone.
-        return cls(compose_router_from_handles(settings, handles, unavailable, app_name=app_name))
+        return cls(
+            compose_router_from_handles(
+                settings, handles, {**unavailable, **failed}, app_name=app_name, local=local
+            )
+        )
 
     async def pcm(self, text: str, opts: ServeTTSOptions, timeout_s: float) -> AsyncIterator[bytes]:
         from serve_app.router import SpeechRequest
@@ -204,6 +213,20 @@ class RouterSpeechSource:
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):
             await self.router.aclose()
+
+
+# The in-process engines of this agent process, shared by all its conversations: libflite is one
+# per process anyway (serialised by its lock), and its helper processes serve whichever
+# conversation needs them, instead of each conversation starting (and leaking) its own.
+_PROCESS_ENGINES: dict[tuple[str, ...], tuple[dict[str, Any], dict[str, str]]] = {}
+
+
+def _process_engines(names: tuple[str, ...], settings: Settings) -> tuple[dict[str, Any], dict[str, str]]:
+    if names not in _PROCESS_ENGINES:
+        from serve_app.engines import registry
+
+        _PROCESS_ENGINES[names] = registry.host_in_process(names, settings)
+    return _PROCESS_ENGINES[names]
 
 
 def _serve_app_running(app_name: str) -> bool:

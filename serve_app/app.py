@@ -62,4 +62,4 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     handles = {name: engine_deployment(registry.spec(name), engines[name]) for name in plan.deploy}
     from serve_app.ingress import Ingress
 
-    return cast(Application, cast(Any, Ingress).bind(handles, plan.unusable))
+    return cast(Application, cast(Any, Ingress).bind(handles, plan.unusable, plan.in_process))

@@ -39,7 +39,7 @@ from serve_app.core.replica import FailureStreak, ReplicaTag
 from serve_app.core.timing import WordMark
 from serve_app.core.wire import pack
 from serve_app.engines.base import Engine
-from serve_app.engines.registry import build_engine
+from serve_app.engines.registry import build_engine, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,7 @@ class EngineHost:
         self.replica = _replica_id()
         if not isinstance(self.engine, Engine):
             raise TypeError(f"{type(self.engine).__name__} is not an Engine")
-        for step in ("load", "warmup"):
-            prepare = getattr(self.engine, step, None)
-            if callable(prepare):
-                prepare()
+        prepare(self.engine)
         logger.info("engine replica started: %s", self.engine.name)
 
     async def synthesize(

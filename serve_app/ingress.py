@@ -1,4 +1,7 @@
-"""The ingress deployment: owns the router over the engines' handles and serves the FastAPI app.
+"""The ingress deployment: owns the router over the engines and serves the FastAPI app.
+
+The router reaches most engines through their deployments' handles; an engine declared in-process
+(`EngineSpec.in_process`: Flite) is built here, in each ingress replica, and called directly.
 
 Serve builds the app after this constructor (`__serve_build_asgi_app__`), on the replica, so
 settings (and their failsafes) are read where the code runs, not where `serve run` was typed, and
@@ -17,6 +20,8 @@ from config.logging import configure_from_settings
 from config.settings import get_settings
 from serve_app.api.app import create_app
 from serve_app.core import spoken
+from serve_app.core.errors import EngineUnavailable
+from serve_app.engines import registry
 from serve_app.router import compose_router_from_handles
 
 logger = logging.getLogger(__name__)
@@ -34,15 +39,34 @@ logger = logging.getLogger(__name__)
 class Ingress:
     """One per ingress replica: the router over the engine deployments, and the HTTP app."""
 
-    def __init__(self, engines: dict[str, Any], unavailable: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        engines: dict[str, Any],
+        unavailable: dict[str, str] | None = None,
+        in_process: tuple[str, ...] | list[str] = (),
+    ) -> None:
         configure_from_settings()
         self.settings = get_settings()
+        self.local, failed = registry.host_in_process(list(in_process), self.settings)
+        for name, reason in failed.items():
+            logger.error("engine %s: %s", name, reason)
         # The breakers follow this application's breaker board (one per engine for the cluster).
         app_name = serve.get_replica_context().app_name
-        self.router = compose_router_from_handles(self.settings, engines, unavailable, app_name=app_name)
+        self.router = compose_router_from_handles(
+            self.settings, engines, {**(unavailable or {}), **failed}, app_name=app_name, local=self.local
+        )
         # Spoken-form grammars load in the background, so the first request finds them ready.
         spoken.warm_up()
         logger.info("ingress ready; chain=%s", ",".join(self.router.chain))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self.settings, self.router, add_request_id=False)
+
+    async def check_health(self) -> None:
+        """Serve's health probe: fails when an engine hosted here has a fault a restart can fix (a
+        synthesis that never returns), as an engine's own replica would (`EngineHost.check_health`)."""
+        for engine in self.local.values():
+            health = getattr(engine, "health", None)
+            problem = await health() if health is not None else None
+            if problem:
+                raise EngineUnavailable(f"{engine.name}: {problem}")

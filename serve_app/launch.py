@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -138,11 +139,40 @@ def end_orphans(grace_s: float = 3.0) -> None:
             os.waitpid(pid, 0)
 
 
+# Ray's worker processes take 10002-19999 by default; ports from 20000 up to the start of the
+# kernel's ephemeral range are nobody's.
+_FREE_PORT_FLOOR = 20000
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free right now on `host` (for private clusters, tests and benchmarks)."""
-    with socket.socket() as sock:
+    """A TCP port free right now on `host` (for private clusters, tests and benchmarks), chosen
+    below the kernel's ephemeral range.
+
+    A port the kernel hands out for `bind(0)` comes from the same range as the source ports of
+    outgoing connections, and a starting Ray cluster opens hundreds of those: one of them was seen
+    holding the port when HAProxy came to bind it a few seconds later, and the cluster failed to
+    start ("Address already in use"). Below that range only a listener could take it.
+    """
+    ceiling = _ephemeral_start()
+    candidates = list(range(_FREE_PORT_FLOOR, ceiling))
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # no room below the ephemeral range on this host
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):  # not Linux: the IANA range starts at 49152
+        return 49152
 
 
 def wait_http(url: str, timeout_s: float = 120.0) -> None:

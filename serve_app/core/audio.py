@@ -1,9 +1,13 @@
-"""PCM helpers, resampling and streaming encoders (PyAV, in-process).
+"""PCM helpers, resampling (libsoxr) and streaming encoders (PyAV), in-process.
 
 Everything inside the system is raw PCM: signed 16-bit little-endian mono. Engines produce it at
 their own rate; `StreamResampler` converts a stream to the caller's rate without gaps or clicks at
 chunk boundaries (it keeps filter state between chunks); `StreamEncoder` turns PCM into the
 requested container chunk by chunk, so the first bytes leave before the last sentence is spoken.
+
+Resampling uses libsoxr (`soxr`), not PyAV's resampler: every sentence of every request opens a
+resampler, and PyAV's builds a filter graph that starts and stops a pool of threads each time,
+which profiling found to be the largest share of the ingress's own work under load (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import ClassVar, cast
 
 import av
 import numpy as np
+import soxr
 
 SAMPLE_WIDTH = 2  # bytes per s16 sample
 
@@ -40,21 +45,21 @@ def _frame(pcm: bytes, rate: int) -> av.AudioFrame:
     return frame
 
 
-def _frames_to_pcm(frames: list[av.AudioFrame]) -> bytes:
-    return b"".join(bytes(f.planes[0])[: f.samples * SAMPLE_WIDTH] for f in frames)
-
-
 class StreamResampler:
-    """Stateful s16 mono resampler; identity when the rates match."""
+    """Stateful s16 mono resampler; identity when the rates match.
+
+    libsoxr's high-quality filter holds back about 36 ms of audio until the next piece (or
+    `flush`): the first piece still leaves at once, shortened by that much.
+    """
+
+    _EMPTY: ClassVar[np.ndarray] = np.zeros(0, dtype=np.int16)
 
     def __init__(self, in_rate: int, out_rate: int) -> None:
         self.in_rate = in_rate
         self.out_rate = out_rate
         self._carry = b""
         self._resampler = (
-            None
-            if in_rate == out_rate
-            else av.AudioResampler(format="s16", layout="mono", rate=out_rate)
+            None if in_rate == out_rate else soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality="HQ")
         )
 
     def feed(self, pcm: bytes) -> bytes:
@@ -66,12 +71,16 @@ class StreamResampler:
             return b""
         if self._resampler is None:
             return pcm
-        return _frames_to_pcm(self._resampler.resample(_frame(pcm, self.in_rate)))
+        return _le_bytes(self._resampler.resample_chunk(np.frombuffer(pcm, dtype="<i2").astype(np.int16, copy=False)))
 
     def flush(self) -> bytes:
         if self._resampler is None:
             return b""
-        return _frames_to_pcm(self._resampler.resample(None))
+        return _le_bytes(self._resampler.resample_chunk(self._EMPTY, last=True))
+
+
+def _le_bytes(samples: np.ndarray) -> bytes:
+    return samples.astype("<i2", copy=False).tobytes()
 
 
 def resample_pcm(pcm: bytes, in_rate: int, out_rate: int) -> bytes:

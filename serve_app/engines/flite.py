@@ -319,46 +319,56 @@ class FliteLibrary:
         elif not cancelled.is_set():
             raise EngineUnavailable("flite returned no wave")
 
+    def speak(
+        self,
+        text: str,
+        voice: str,
+        speed: float,
+        send: Callable[[FlitePiece | list[WordMark]], None],
+        cancelled: threading.Event,
+        started: bool = False,
+    ) -> None:
+        """One synthesis as it travels, blocking (a worker thread, or a helper's loop): `STARTED`
+        when the lock is ours (if `started`), the word marks as a list, then the audio in the
+        pieces `PieceGatherer` makes. Gathering here, before anything crosses to the event loop or
+        a pipe, keeps that to a few messages a sentence instead of one per flite callback."""
+        gathered = PieceGatherer()
+
+        def emit(rate: int, pcm: bytes) -> None:
+            if (piece := gathered.add(rate, pcm)) is not None:
+                send(piece)
+
+        self._synthesize_blocking(
+            text, voice, speed, emit, cancelled, send, (lambda: send(STARTED)) if started else None
+        )
+        if (piece := gathered.rest()) is not None:
+            send(piece)
+
     async def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[FlitePiece]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancelled = threading.Event()
 
-        def emit(rate: int, pcm: bytes) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, (rate, pcm))
-
-        def emit_words(marks: list[WordMark]) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, marks)
-
-        def emit_started() -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, STARTED)
+        def send(item: FlitePiece | list[WordMark]) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
 
         async def run() -> None:
             try:
-                await asyncio.to_thread(
-                    self._synthesize_blocking, text, voice, speed, emit, cancelled, emit_words, emit_started
-                )
+                await asyncio.to_thread(self.speak, text, voice, speed, send, cancelled, True)
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)
 
         worker = asyncio.ensure_future(run())
         try:
-            gathered = PieceGatherer()
             while True:
                 item = await queue.get()
                 if item is _DONE:
                     break
-                if isinstance(item, bytes):
-                    yield STARTED
-                    continue
                 if isinstance(item, list):  # the word timings, ahead of the audio they describe
                     for mark in item:
                         yield mark
                     continue
-                if (piece := gathered.add(*item)) is not None:
-                    yield piece
-            if (piece := gathered.rest()) is not None:
-                yield piece
+                yield item  # `STARTED`, or a (rate, pcm) piece
             await worker  # re-raises a synthesis error
         finally:
             cancelled.set()
@@ -593,6 +603,10 @@ ENGINE = EngineSpec(
     voices=VOICES,
     speed_range=SPEED_RANGE,
     word_timing="exact",  # from the utterance (library backend); the binary backend is estimated
+    # Its synthesis (~55 ms of CPU a sentence) costs about what a hop through Serve does, so its
+    # callers host it (libflite plus helper processes in each ingress replica); FLITE_IN_PROCESS=false
+    # gives it a deployment with these defaults.
+    in_process=True,
     deployment=DeploymentDefaults(num_cpus=0.2, max_ongoing_requests=32),
     honours={
         "speed": "duration stretch",

@@ -197,19 +197,11 @@ def serve_forever(requests: BinaryIO, replies: BinaryIO) -> None:
 
 def _speak(library: Any, text: str, voice: str, speed: float, send: Callable[[tuple[Any, ...]], None]) -> None:
     """The same synthesis as in-process, sent as it comes, in the same pieces."""
-    from serve_app.engines.flite import PieceGatherer
 
-    gathered = PieceGatherer()
+    def reply(item: Any) -> None:
+        send(("marks", item) if isinstance(item, list) else ("audio", *item))
 
-    def emit(rate: int, pcm: bytes) -> None:
-        if (piece := gathered.add(rate, pcm)) is not None:
-            send(("audio", *piece))
-
-    library._synthesize_blocking(
-        text, voice, speed, emit, threading.Event(), lambda marks: send(("marks", marks))
-    )
-    if (piece := gathered.rest()) is not None:
-        send(("audio", *piece))
+    library.speak(text, voice, speed, reply, threading.Event())
 
 
 def main() -> None:

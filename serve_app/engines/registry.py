@@ -95,6 +95,30 @@ def build_engine(name: str, settings: Settings) -> Engine:
     return declared.build(engine_settings(name), EngineContext(settings=settings, catalogue=catalogue()))
 
 
+def prepare(engine: Engine) -> Engine:
+    """Load the engine's model and warm it up (`load()`, `warmup()`, where it has them), before any
+    request reaches it: no caller waits for weights or for kernels to compile."""
+    for step in ("load", "warmup"):
+        run = getattr(engine, step, None)
+        if callable(run):
+            run()
+    return engine
+
+
+def host_in_process(names: Sequence[str], settings: Settings) -> tuple[dict[str, Engine], dict[str, str]]:
+    """The engines a caller hosts itself (`EnginePlan.in_process`), built and prepared, and those
+    that failed to build, with the reason: one broken engine must not keep the caller from starting
+    (the router reports it unavailable and uses the others)."""
+    engines: dict[str, Engine] = {}
+    failed: dict[str, str] = {}
+    for name in names:
+        try:
+            engines[name] = prepare(build_engine(name, settings))
+        except Exception as exc:  # reported per engine; the caller serves with the rest
+            failed[name] = f"could not start in this process: {type(exc).__name__}: {str(exc)[:200]}"
+    return engines, failed
+
+
 def _build_from_import_path(path: str, settings: Settings) -> Engine:
     if not is_import_path(path):
         raise ValueError(f"engine spec {path!r} is not of the form package.module:ClassName")
@@ -113,10 +137,12 @@ def _build_from_import_path(path: str, settings: Settings) -> Engine:
 
 @dataclass(frozen=True)
 class EnginePlan:
-    """Which engines to deploy, and which the router must not use (with the reason)."""
+    """Which engines to deploy, which the callers host in-process, and which the router must not
+    use (with the reason)."""
 
     deploy: tuple[str, ...]
     unusable: dict[str, str]
+    in_process: tuple[str, ...] = ()
 
 
 def placement_problem(spec: EngineSpec, own: EngineSettings, gpus: float) -> str | None:
@@ -132,19 +158,25 @@ def placement_problem(spec: EngineSpec, own: EngineSettings, gpus: float) -> str
 
 
 def plan(settings: Settings, engines: dict[str, EngineSettings], gpus: float) -> EnginePlan:
-    """Every registered engine is deployed unless it cannot be placed here (e.g. no GPU).
+    """Every registered engine is deployed unless it cannot be placed here (e.g. no GPU) or its
+    callers host it in-process (`EngineSpec.in_process`).
 
     Engines that are disabled or left out of the chain are still deployed when they can be placed,
     because `serve_config.yaml` configures them by name and Serve rejects configuration for
-    deployments that are not in the application; a disabled engine costs one idle replica.
+    deployments that are not in the application; a disabled engine costs one idle replica. An
+    in-process engine has no deployment to configure: its callers build it only when it is usable.
     """
     deploy: list[str] = []
+    local: list[str] = []
     unusable: dict[str, str] = {}
     for name, declared in specs().items():
         own = engines[name]
         prefix = declared.env_prefix
+        in_process = declared.hosted_in_process(own)
         problem = placement_problem(declared, own, gpus)
-        if problem is None or own.placement == "always":
+        if in_process:
+            problem = None  # wherever its callers run: nothing for the cluster to place
+        elif problem is None or own.placement == "always":
             deploy.append(name)
             problem = None
         if not own.enabled:
@@ -153,7 +185,9 @@ def plan(settings: Settings, engines: dict[str, EngineSettings], gpus: float) ->
             unusable[name] = "not in TTS_ENGINE_CHAIN"
         elif problem is not None:
             unusable[name] = problem
-    return EnginePlan(tuple(deploy), unusable)
+        elif in_process:
+            local.append(name)
+    return EnginePlan(tuple(deploy), unusable, tuple(local))
 
 
 def pinned_models() -> dict[str, str]:

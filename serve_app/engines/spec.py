@@ -57,6 +57,9 @@ class EngineSettings(BaseSettings):
     # "always": deploy it anyway, its replicas waiting until a node that fits joins (a GPU config on
     # a cluster whose GPU workers start later, or scale from zero).
     placement: Literal["auto", "always"] = "auto"
+    # Where the engine runs: in each caller's process (the ingress replicas, the agents' routers) or
+    # in a deployment of its own; empty = the engine's declaration (`EngineSpec.in_process`).
+    in_process: bool | None = None
 
     def resources(self, defaults: DeploymentDefaults) -> tuple[float, float]:
         """(num_cpus, num_gpus) of one replica: these settings where set, else the defaults."""
@@ -91,6 +94,15 @@ class EngineSpec:
     placement_problem: Callable[[Any, float], str | None] | None = None
     # Which request features the engine honours, for /v1/models and the docs.
     honours: Mapping[str, str] = field(default_factory=dict)
+    # Hosted in each caller's process by default, not in a deployment: for an engine whose whole
+    # synthesis costs about what a hop through Serve costs (a CPU vocoder), the hop is the
+    # overhead. The caller (an ingress replica, an agent) gets its own instance, so it scales with
+    # them; `<NAME>_IN_PROCESS=false` gives it a deployment again.
+    in_process: bool = False
+
+    def hosted_in_process(self, own: EngineSettings) -> bool:
+        """Whether this engine runs in its callers' processes with these settings."""
+        return self.in_process if own.in_process is None else own.in_process
 
     @property
     def deployment_name(self) -> str:

@@ -193,11 +193,17 @@ class UnavailableEngineClient:
         return EngineCheck(self.name, False, self.reason)
 
 
-def clients_from_handles(handles: dict[str, Any], unavailable: dict[str, str]) -> dict[str, EngineClient]:
-    """Router clients: deployed engines via their handles, unusable ones with the reason (which wins)."""
+def clients_from_handles(
+    handles: dict[str, Any], unavailable: dict[str, str], local: dict[str, Engine] | None = None
+) -> dict[str, EngineClient]:
+    """Router clients: deployed engines via their handles, engines hosted in this process directly,
+    unusable ones with the reason (which wins)."""
     clients: dict[str, EngineClient] = {
         name: UnavailableEngineClient(name, reason) for name, reason in unavailable.items()
     }
+    for name, engine in (local or {}).items():
+        if name not in clients:
+            clients[name] = LocalEngineClient(engine)
     for name, handle in handles.items():
         if handle is not None and name not in clients:
             clients[name] = HandleEngineClient(name, handle)

@@ -6,6 +6,7 @@ from typing import Any
 
 from config.settings import Settings
 from serve_app.engines import registry
+from serve_app.engines.base import Engine
 from serve_app.router.board_actor import cluster_sharing
 from serve_app.router.clients import EngineClient, clients_from_handles
 from serve_app.router.core import FallbackRouter
@@ -34,11 +35,13 @@ def compose_router_from_handles(
     unavailable: dict[str, str] | None = None,
     *,
     app_name: str | None = None,
+    local: dict[str, Engine] | None = None,
 ) -> FallbackRouter:
-    """A router over engine deployments' handles (in the cluster), with undeployed ones reported.
+    """A router over engine deployments' handles (in the cluster) and the engines this process
+    hosts itself (`local`), with unusable ones reported.
 
     With `app_name` (the Serve application the engines belong to) and Ray running, its breakers
     follow that application's breaker board (`TTS_BREAKER_SHARED`).
     """
     sharing = cluster_sharing(settings, app_name) if app_name else None
-    return compose_router(settings, clients_from_handles(handles, unavailable or {}), sharing)
+    return compose_router(settings, clients_from_handles(handles, unavailable or {}, local), sharing)

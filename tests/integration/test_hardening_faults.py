@@ -56,11 +56,15 @@ def yaml_options() -> dict[str, dict[str, Any]]:
 
 
 def build() -> Any:
-    """The application; every `serve.run` of it is a new version (Serve versions code per run)."""
+    """The application; every `serve.run` of it is a new version (Serve versions code per run).
+
+    Flite gets a deployment of its own here (serve_config.yaml hosts it in the ingress), so that
+    the replica under the stream can be killed whichever engine serves it."""
     from serve_app.deployments import EngineDeployment
     from serve_app.ingress import Ingress
 
     options = yaml_options()
+    options.setdefault("FliteEngine", {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.2}})
     engines = {
         name: EngineDeployment.options(name=f"{name.capitalize()}Engine", **options[f"{name.capitalize()}Engine"]).bind(
             name

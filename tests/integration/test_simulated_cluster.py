@@ -229,7 +229,7 @@ def test_the_gpu_config_on_a_cluster_whose_gpu_node_joins_later_and_loses_its_re
     # 1. Deployed before any GPU node: the app serves, Zonos waits for a GPU.
     cluster.deploy()
     wait_http(f"{cluster.url}/health", timeout_s=150)
-    cpu_deployments = ("Ingress", "EdgeEngine", "PiperEngine", "FliteEngine")
+    cpu_deployments = ("Ingress", "EdgeEngine", "PiperEngine")  # Flite runs inside the ingress
     wait_for(
         "the CPU deployments running",
         lambda: True if all(cluster.running_replicas(d) for d in cpu_deployments) else None,

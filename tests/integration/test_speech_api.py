@@ -172,7 +172,11 @@ def test_request_id_is_echoed_once(client: httpx.Client) -> None:
 def test_deployments_list_every_engine_deployment_with_running_replicas(client: httpx.Client) -> None:
     listing = client.get("/v1/deployments").json()
     ours = {d["name"]: d for d in listing["data"] if d["application"] == "tts"}
-    assert {"Ingress", "FliteEngine", "EdgeEngine", "PiperEngine"} <= set(ours), listing
+    assert {"Ingress", "EdgeEngine", "PiperEngine"} <= set(ours), listing
+    # Flite is hosted inside each ingress replica (FLITE_IN_PROCESS): no deployment, and it serves.
+    assert "FliteEngine" not in ours
+    flite = next(e for e in client.get("/v1/engines").json()["data"] if e["name"] == "flite")
+    assert flite["available"] is True, flite
     # Earlier tests load the engines, so an autoscaled deployment may be adding or shedding replicas:
     # what matters is that it serves (a running replica) and is not failing.
     serving = {"HEALTHY", "UPSCALING", "DOWNSCALING"}

@@ -76,3 +76,13 @@ def test_an_orphaned_grandchild_is_adopted_and_ended() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert result.stdout.strip() == "ended", result.stderr
     assert time.monotonic() - started < 30
+
+
+def test_free_ports_come_from_below_the_ephemeral_range() -> None:
+    # A port from the ephemeral range can be the source port of one of the many connections a
+    # starting cluster opens, and then HAProxy cannot bind it.
+    from serve_app.launch import _ephemeral_start, free_port
+
+    ports = {free_port() for _ in range(20)}
+    assert all(20000 <= port < _ephemeral_start() for port in ports), ports
+    assert len(ports) > 1  # random, so two clusters started at once rarely pick the same one

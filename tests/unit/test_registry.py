@@ -31,7 +31,8 @@ def test_every_engine_module_declares_itself() -> None:
 def test_a_gpu_engine_is_left_out_of_a_cpu_cluster_with_the_reason() -> None:
     settings = load_settings(_env_file=None)
     plan = registry.plan(settings, registry.validate_all(settings), gpus=0)
-    assert "zonos" not in plan.deploy and {"edge", "piper", "flite"} <= set(plan.deploy)
+    assert "zonos" not in plan.deploy and {"edge", "piper"} <= set(plan.deploy)
+    assert plan.in_process == ("flite",)  # hosted by its callers, wherever they run
     assert "ZONOS_NUM_GPUS=1" in plan.unusable["zonos"]
     on_gpus = registry.plan(settings, registry.validate_all(settings), gpus=2)
     assert "zonos" in on_gpus.deploy and "zonos" not in on_gpus.unusable
@@ -48,9 +49,28 @@ def test_disabled_or_unchained_engines_are_deployed_but_not_used(monkeypatch: py
     monkeypatch.setenv("PIPER_ENABLED", "false")
     settings = load_settings(_env_file=None, tts_engine_chain="edge,piper")
     plan = registry.plan(settings, registry.validate_all(settings), gpus=0)
-    assert {"edge", "piper", "flite"} <= set(plan.deploy)  # serve_config.yaml names them
+    assert {"edge", "piper"} <= set(plan.deploy)  # serve_config.yaml names them
     assert plan.unusable["piper"] == "disabled by PIPER_ENABLED=false"
     assert plan.unusable["flite"] == "not in TTS_ENGINE_CHAIN"
+    assert plan.in_process == ()  # nothing configures it by name: not built at all
+
+
+def test_an_in_process_engine_can_have_its_own_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLITE_IN_PROCESS", "false")
+    settings = load_settings(_env_file=None)
+    plan = registry.plan(settings, registry.validate_all(settings), gpus=0)
+    assert "flite" in plan.deploy and plan.in_process == ()
+    monkeypatch.setenv("FLITE_IN_PROCESS", "true")
+    monkeypatch.setenv("EDGE_IN_PROCESS", "true")
+    plan = registry.plan(settings, registry.validate_all(settings), gpus=0)
+    assert set(plan.in_process) == {"flite", "edge"} and "edge" not in plan.deploy
+
+
+def test_an_in_process_engine_that_fails_to_start_is_reported_not_fatal() -> None:
+    settings = load_settings(_env_file=None)
+    engines, failed = registry.host_in_process(["flite", "tests.nonexistent:Engine"], settings)
+    assert set(engines) == {"flite"} and engines["flite"].name == "flite"
+    assert "could not start in this process" in failed["tests.nonexistent:Engine"]
 
 
 def test_bad_engine_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
