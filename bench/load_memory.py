@@ -143,11 +143,24 @@ class ProcessTreeLocator:
         for conn in connections:
             if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == self.port and conn.pid:
                 try:
-                    self._raylet = psutil.Process(conn.pid).parent()
+                    self._raylet = _raylet_above(psutil.Process(conn.pid))
                 except psutil.NoSuchProcess:
                     continue
-                return self._raylet
+                if self._raylet is not None:
+                    return self._raylet
         return None
+
+
+def _raylet_above(process: psutil.Process) -> psutil.Process | None:
+    """The raylet among the listener's ancestors: Serve's proxy is its child, while HAProxy (which
+    holds the port in HAProxy mode) is a child of its manager actor, itself the raylet's child."""
+    for ancestor in process.parents():
+        try:
+            if "raylet" in " ".join(ancestor.cmdline()[:1]):
+                return ancestor
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return None
 
 
 class NoLocator:
