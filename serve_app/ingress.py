@@ -11,6 +11,7 @@ the router is handed to the app directly.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -22,6 +23,7 @@ from serve_app.api.app import create_app
 from serve_app.core import spoken
 from serve_app.core.errors import EngineUnavailable
 from serve_app.engines import registry
+from serve_app.engines.base import Engine
 from serve_app.router import compose_router_from_handles
 
 logger = logging.getLogger(__name__)
@@ -64,9 +66,19 @@ class Ingress:
 
     async def check_health(self) -> None:
         """Serve's health probe: fails when an engine hosted here has a fault a restart can fix (a
-        synthesis that never returns), as an engine's own replica would (`EngineHost.check_health`)."""
-        for engine in self.local.values():
-            health = getattr(engine, "health", None)
-            problem = await health() if health is not None else None
-            if problem:
-                raise EngineUnavailable(f"{engine.name}: {problem}")
+        synthesis that never returns), as an engine's own replica would (`EngineHost.check_health`).
+        The whole ingress replica is then replaced, streams of other engines included: a stuck
+        libflite is rare, and requests queued behind it would otherwise never start."""
+        problem = await hosted_engines_problem(self.local)
+        if problem:
+            raise EngineUnavailable(problem)
+
+
+async def hosted_engines_problem(engines: Mapping[str, Engine]) -> str | None:
+    """What is wrong with the in-process engines that only a new process cures (their `health()`)."""
+    for engine in engines.values():
+        health = getattr(engine, "health", None)
+        problem = await health() if health is not None else None
+        if problem:
+            return f"{engine.name}: {problem}"
+    return None

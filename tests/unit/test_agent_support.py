@@ -141,3 +141,15 @@ def sessions_server() -> Iterator[FakeSessionsServer]:
 def fake_api(sessions_server: FakeSessionsServer) -> FakeSessionsServer:
     sessions_server.reset()
     return sessions_server
+
+
+def test_an_agent_process_hosts_one_flite_for_all_its_conversations() -> None:
+    # Each conversation composes its own router; the in-process engines (and Flite's helper
+    # processes) are the process's, not rebuilt (and leaked) per conversation.
+    from agent.tts import _process_engines
+    from config.settings import load_settings
+
+    settings = load_settings(_env_file=None)
+    first, failed = _process_engines(("flite",), settings)
+    again, _ = _process_engines(("flite",), settings)
+    assert failed == {} and first["flite"] is again["flite"]

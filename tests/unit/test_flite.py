@@ -12,6 +12,7 @@ from serve_app.engines import registry
 from serve_app.engines.base import EngineUnavailable, InvalidInput
 from serve_app.engines.flite import FliteBinary, FliteEngine, FliteLibrary
 from serve_app.engines.flite_worker import FliteWorkers
+from serve_app.ingress import hosted_engines_problem
 
 LONG = "This sentence is long enough that flite streams it out in several pieces as it goes along."
 
@@ -195,9 +196,12 @@ async def test_a_hung_libflite_fails_the_health_check_until_it_moves() -> None:
         assert await engine.health() is None  # not long enough yet
         await asyncio.sleep(0.3)
         assert "hung" in (await engine.health() or "")
+        # Hosted in an ingress replica, the same fault fails that replica's health check.
+        assert "flite: " in (await hosted_engines_problem({"flite": engine}) or "")
         release.set()
         assert b"".join([c async for c in stream if isinstance(c, bytes)])
         assert await engine.health() is None
+        assert await hosted_engines_problem({"flite": engine}) is None
     finally:
         release.set()
         library._lib.flite_text_to_wave = real
