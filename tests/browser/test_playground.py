@@ -330,7 +330,10 @@ def test_phone_layout_fits_the_screen(page: Any, serve_url: str, tmp_path: Path)
         "Emulation.setDeviceMetricsOverride", {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}
     )
     for panel in ("speak", "voices", "status"):
-        open_page(page, f"{serve_url}/#{panel}")
+        # A query string makes each a new document: a bare "#panel" after the last test's page
+        # would only change the fragment, and the check would read that page's leftover state
+        # (CI once timed out here waiting for the voice list).
+        open_page(page, f"{serve_url}/?layout=phone-{panel}#{panel}")
         overflow = page.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"the {panel} panel is {overflow} px wider than a phone"
         page.save_screenshot(str(tmp_path / f"phone-{panel}.png"))
