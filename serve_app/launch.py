@@ -153,10 +153,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     holding the port when HAProxy came to bind it a few seconds later, and the cluster failed to
     start ("Address already in use"). Below that range only a listener could take it.
     """
-    ceiling = _ephemeral_start()
-    candidates = list(range(_FREE_PORT_FLOOR, ceiling))
-    random.shuffle(candidates)
-    for port in candidates[:200]:
+    below = range(_FREE_PORT_FLOOR, _ephemeral_start())
+    for port in random.sample(below, min(200, len(below))):
         with socket.socket() as sock:
             try:
                 sock.bind((host, port))
