@@ -1,6 +1,7 @@
 """Time to first byte, throughput and CPU per request: this service against what a user would run instead.
 
-    python -m bench.ttfb [--runs 30] [--requests 300] [--concurrency 20] [--only SYSTEM,...] [--json FILE]
+    python -m bench.ttfb [--runs 30] [--requests 300] [--concurrency 20] [--rounds N] [--only SYSTEM,...]
+                         [--json FILE]
 
 Each system runs alone on the machine, one after the other, in one run (so ratios compare like
 with like), all answering the same one-sentence request:
@@ -19,8 +20,11 @@ is idle (under a quarter of a core for 3 s: start-up work is not billed to the m
 whose idle CPU rate is reported; requests/s with
 `--concurrency` clients for `--requests` requests, with the first-byte p50/p95 under that load;
 and CPU milliseconds per request of every process of the system (the server, its workers and
-children, Ray's daemons and replicas), from the OS's counters, during the throughput phase.
-Prints a table and the ratios the targets are about.
+children, Ray's daemons and replicas), from the OS's counters, during the throughput phase, next
+to the load generator's own CPU per request (it shares the cores). The machine's speed drifts over
+minutes (a shared VM: the same flite binary took 71 and 60 ms ten minutes apart), and the systems are
+measured one after the other, so `--rounds N` measures them all N times in turn and reports each
+ratio's median over the rounds. Prints a table and the ratios the targets are about.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import contextlib
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,6 +67,7 @@ class Figures:
     loaded_ttfb_p95_ms: float | None = None
     cpu_ms_per_request: float | None = None
     idle_cpu_ms_per_s: float | None = None
+    client_cpu_ms_per_request: float | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -97,8 +103,10 @@ async def sequential(url: str, request: dict[str, object], runs: int) -> list[Ti
 
 async def throughput(
     url: str, request: dict[str, object], requests: int, concurrency: int, cpu: Callable[[], float]
-) -> tuple[float, list[Timing], float]:
-    """Requests/s, the timings, and the system's CPU seconds during the measured phase."""
+) -> tuple[float, list[Timing], float, float]:
+    """Requests/s, the timings, the system's CPU seconds during the measured phase, and the client's
+    (the load generator shares the cores with the system: a response that costs more to read leaves
+    less CPU to serve with)."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         await asyncio.gather(*(timed_post(client, url, request) for _ in range(concurrency)))  # warm-up
@@ -112,11 +120,13 @@ async def throughput(
                 results.append(await timed_post(client, url, request))
 
         cpu_before = cpu()
+        client_before = time.process_time()
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
         cpu_used = cpu() - cpu_before
-    return requests / elapsed, results, cpu_used
+        client_used = time.process_time() - client_before
+    return requests / elapsed, results, cpu_used, client_used
 
 
 def tree_cpu(pid: int) -> Callable[[], float]:
@@ -175,13 +185,14 @@ def measure(
         figures.idle_cpu_ms_per_s = settle(name, cpu)
         print(f"[{name}] {args.requests} requests, {args.concurrency} at a time", flush=True)
         load = throughput(speech, request, args.requests, args.concurrency, cpu)
-        rps, loaded, cpu_s = asyncio.run(load)
+        rps, loaded, cpu_s, client_s = asyncio.run(load)
         figures.ttfb_ms = median_ms([t.ttfb_s for t in one])
         figures.total_ms = median_ms([t.total_s for t in one])
         figures.rps = round(rps, 1)
         figures.loaded_ttfb_p50_ms = percentile_ms([t.ttfb_s for t in loaded], 0.5)
         figures.loaded_ttfb_p95_ms = percentile_ms([t.ttfb_s for t in loaded], 0.95)
         figures.cpu_ms_per_request = round(cpu_s * 1000 / args.requests, 1)
+        figures.client_cpu_ms_per_request = round(client_s * 1000 / args.requests, 1)
     except Exception as exc:  # a system that fails to start or serve is reported, not fatal
         figures.notes.append(f"failed: {type(exc).__name__}: {str(exc)[:200]} (log: {log})")
     finally:
@@ -302,36 +313,64 @@ def ratios(figures: list[Figures]) -> dict[str, float]:
     return out
 
 
+def print_table(figures: list[Figures]) -> None:
+    columns = ("ttfb ms", "total ms", "req/s", "p50 ms", "p95 ms", "cpu ms/req", "idle ms/s", "client ms")
+    print(f"{'system':<20} " + " ".join(f"{c:>10}" for c in columns))
+    for f in figures:
+        cells = [
+            f.ttfb_ms, f.total_ms, f.rps, f.loaded_ttfb_p50_ms, f.loaded_ttfb_p95_ms, f.cpu_ms_per_request,
+            f.idle_cpu_ms_per_s, f.client_cpu_ms_per_request,
+        ]
+        print(f"{f.name:<20} " + " ".join(f"{'-' if c is None else f'{c:g}':>10}" for c in cells))
+        for note in f.notes:
+            print(f"    {note}")
+
+
+def median_ratios(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Each ratio's median over the rounds (each round's ratio compares systems measured minutes apart)."""
+    keys = [key for key in rounds[0] if all(key in found for found in rounds)]
+    return {key: round(statistics.median(found[key] for found in rounds), 3) for key in keys}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every system this many times, in turn, and report the median ratios")
     parser.add_argument("--only", default="", help="comma-separated system names (default: all)")
     parser.add_argument("--json", type=str, default=None, help="also write the figures to this file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting for this service's runs (e.g. FLITE_OVERFLOW_PROCESSES=0)")
     args = parser.parse_args(argv)
-    figures = systems(args)
-    print()
-    columns = ("ttfb ms", "total ms", "req/s", "p50 ms", "p95 ms", "cpu ms/req", "idle ms/s")
-    print(f"{'system':<20} " + " ".join(f"{c:>10}" for c in columns))
-    for f in figures:
-        cells = [
-            f.ttfb_ms, f.total_ms, f.rps, f.loaded_ttfb_p50_ms, f.loaded_ttfb_p95_ms, f.cpu_ms_per_request,
-            f.idle_cpu_ms_per_s,
-        ]
-        print(f"{f.name:<20} " + " ".join(f"{'-' if c is None else f'{c:g}':>10}" for c in cells))
-        for note in f.notes:
-            print(f"    {note}")
-    found = ratios(figures)
-    print()
-    for key, value in found.items():
-        print(f"{key:<45} {value}")
+    rounds: list[list[Figures]] = []
+    for number in range(1, args.rounds + 1):
+        if args.rounds > 1:
+            print(f"=== round {number} of {args.rounds}", flush=True)
+        rounds.append(systems(args))
+    found_by_round = [ratios(figures) for figures in rounds]
+    for number, (figures, found) in enumerate(zip(rounds, found_by_round, strict=True), start=1):
+        print(f"\nround {number}:" if args.rounds > 1 else "")
+        print_table(figures)
+        print()
+        for key, value in found.items():
+            print(f"{key:<45} {value}")
+    found = median_ratios(found_by_round)
+    if args.rounds > 1:
+        print(f"\nmedian over {args.rounds} rounds:")
+        for key, value in found.items():
+            print(f"{key:<45} {value}")
     print("\ntargets: *_rps_vs_uvicorn_binary >= 1.0, *_ttfb_vs_in_process_engine <= 1.3, "
           "*_cpu_per_request_vs_uvicorn_binary <= 1.0")
     if args.json:
-        Path(args.json).write_text(json.dumps({"systems": [f.__dict__ for f in figures], "ratios": found}, indent=2))
+        report = {
+            "systems": [f.__dict__ for f in rounds[-1]],
+            "ratios": found,
+            "rounds": [{"systems": [f.__dict__ for f in figures], "ratios": ratios_}
+                       for figures, ratios_ in zip(rounds, found_by_round, strict=True)],
+        }
+        Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
 
 

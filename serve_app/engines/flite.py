@@ -126,7 +126,7 @@ _STREAM_CALLBACK = ctypes.CFUNCTYPE(
 )
 _STREAM_CONTINUE, _STREAM_STOP = 0, -1
 _STREAM_MIN_SAMPLES = 2048  # ~128 ms at 16 kHz: the first chunk leaves long before the sentence ends
-_LATER_CHUNK_SECONDS = 2.0  # later chunks: big, as each is a message through Serve
+LATER_PIECE_SECONDS = 2.0  # later chunks: big, as each is a message through Serve
 _DONE = object()
 # Paths from a Word item to the segments around it (flite's feature-path language, as in `flite -ps`).
 _WORD_START = b"R:SylStructure.daughter1.daughter1.R:Segment.p.end"
@@ -140,7 +140,7 @@ FlitePiece: TypeAlias = tuple[int, bytes] | WordMark | bytes
 
 class PieceGatherer:
     """The audio of one synthesis as it should travel: the first piece at once (time to first byte),
-    later ones gathered into pieces of about `_LATER_CHUNK_SECONDS`, because flite runs ~100x faster
+    later ones gathered into pieces of about `LATER_PIECE_SECONDS`, because flite runs ~100x faster
     than real time and every piece costs a message (through a helper's pipe, and through Serve)."""
 
     def __init__(self) -> None:
@@ -152,7 +152,7 @@ class PieceGatherer:
         """A piece to send now, or None while gathering."""
         self.rate = rate
         self._pending += pcm
-        if self._first or len(self._pending) >= _LATER_CHUNK_SECONDS * rate * 2:
+        if self._first or len(self._pending) >= LATER_PIECE_SECONDS * rate * 2:
             self._first = False
             return self._take()
         return None
