@@ -213,13 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         serve_local.stop()
 
     done, elapsed = result["done"], result["elapsed"]
-    per_group: Counter[str] = Counter()
+    per_group: dict[str, float] = {}
     for pid, (name, cpu) in after.items():
         if pid == me or name.startswith("py-spy"):
             continue  # the load generator is reported apart; the profiler is not the service
-        per_group[group(name)] += cpu - before.get(pid, (name, 0.0))[1]
+        per_group[group(name)] = per_group.get(group(name), 0.0) + cpu - before.get(pid, (name, 0.0))[1]
     client_cpu = (client_after.user + client_after.system) - (client_before.user + client_before.system)
-    cpu_table = {k: round(v * 1000 / max(done, 1), 2) for k, v in per_group.most_common()}
+    cpu_table = {k: round(v * 1000 / max(done, 1), 2) for k, v in sorted(per_group.items(), key=lambda item: -item[1])}
     service_ms = round(sum(per_group.values()) * 1000 / max(done, 1), 2)
     samples = {name: read_collapsed(args.out / f"{name.replace(':', '_').replace('#', '_')}.txt") for name in pids}
     kinds: dict[str, dict[str, float]] = {}

@@ -707,6 +707,20 @@ def warm_up(language: str | None = None) -> SpokenNormalizer | None:
     return normalizer
 
 
+def unchanged_spoken(text: str, language: str | None = None) -> bool:
+    """True when `to_spoken(text, language)` would return `text` as it is, known without running the
+    grammars: no normaliser for the language, or a ready one that finds no token to rewrite (most
+    sentences of a conversation). It is a scan of the text, cheap enough for an event loop, so such
+    sentences need no hop to a worker thread; False means `to_spoken` must run (off the loop)."""
+    try:
+        normalizer = get_normalizer(language)
+    except Exception:
+        return True  # to_spoken keeps the text as is then too
+    if normalizer is None:
+        return True
+    return normalizer.ready and not normalizer.needs_normalization(text)
+
+
 def to_spoken(text: str, language: str | None = None) -> str:
     """`text` with numbers, dates, symbols ... written out as words; unchanged for other languages.
 

@@ -84,7 +84,7 @@ from serve_app.core.errors import (
 )
 from serve_app.core.gate import PRIORITY_NEW, PRIORITY_PLAYING
 from serve_app.core.replica import ReplicaTag
-from serve_app.core.spoken import to_spoken
+from serve_app.core.spoken import to_spoken, unchanged_spoken
 from serve_app.core.style import parse_instructions
 from serve_app.core.text import normalize, split_sentences
 from serve_app.core.timing import TimedWord, WordAligner, WordMark, estimate_words, resume_offset
@@ -491,7 +491,10 @@ class FallbackRouter:
         spoken = job.spoken
         if not spoken and request.normalize:
             try:
-                spoken = await asyncio.to_thread(to_spoken, job.text, request.language)
+                if unchanged_spoken(job.text, request.language):
+                    spoken = job.text  # nothing to rewrite: no thread hop (a sentence's first byte waits on it)
+                else:
+                    spoken = await asyncio.to_thread(to_spoken, job.text, request.language)
             except Exception as exc:  # normalisation improves speech; it must never lose it
                 logger.debug("spoken form failed (%s); sentence %d as written", type(exc).__name__, job.index + 1)
         return spoken if any(ch.isalnum() for ch in spoken) else job.text
@@ -690,44 +693,53 @@ class FallbackRouter:
                 text, request.voice, language=request.language, speed=self._speed_for(name, request),
                 instructions=request.instructions, priority=priority,
             )
-            while True:
-                waiting = produced == 0 and not started and slot.client.reports_start
-                until = start_limit if waiting else deadline
-                budget = max(0.0, until - loop.time()) if produced == 0 else limits.stall_timeout_s
-                try:
-                    item = await asyncio.wait_for(anext(iterator), budget)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    if waiting:  # still in a queue (Serve's or the engine's): busy, never a strike
-                        raise EngineBusy("not started in time (queued)") from None
-                    if produced == 0:
-                        raise FirstByteTimeout(f"no audio within {limits.ttfb_timeout_s:.1f}s") from None
-                    raise StallTimeout(f"audio stalled for {limits.stall_timeout_s:.1f}s") from None
-                if isinstance(item, ReplicaTag):
-                    replica = item.replica
-                    continue
-                if isinstance(item, WordMark):
-                    if on_mark is not None:
-                        on_mark(item)
-                    continue
-                pcm = item
-                if not pcm:
-                    if produced == 0 and not started:
-                        # Queued time is not the engine's latency: the first-byte budget starts now.
-                        started = True
-                        slot.started()
-                        deadline = loop.time() + limits.ttfb_timeout_s
-                        began = time.perf_counter()
-                    continue
+            # One timer for the whole stream, moved before each item (a `wait_for` per item would
+            # start a task for every word mark and piece); it is stopped while an item is handled.
+            timer = asyncio.timeout(None)
+            waiting = False
+            try:
+                async with timer:
+                    while True:
+                        waiting = produced == 0 and not started and slot.client.reports_start
+                        until = start_limit if waiting else deadline
+                        timer.reschedule(until if produced == 0 else loop.time() + limits.stall_timeout_s)
+                        try:
+                            item = await anext(iterator)
+                        except StopAsyncIteration:
+                            break
+                        timer.reschedule(None)
+                        if isinstance(item, ReplicaTag):
+                            replica = item.replica
+                            continue
+                        if isinstance(item, WordMark):
+                            if on_mark is not None:
+                                on_mark(item)
+                            continue
+                        pcm = item
+                        if not pcm:
+                            if produced == 0 and not started:
+                                # Queued time is not the engine's latency: the first-byte budget starts now.
+                                started = True
+                                slot.started()
+                                deadline = loop.time() + limits.ttfb_timeout_s
+                                began = time.perf_counter()
+                            continue
+                        if produced == 0:
+                            ttfb = time.perf_counter() - began
+                            slot.ttfbs.append(ttfb)
+                            self.metrics.ttfb(name, ttfb)
+                        produced += len(pcm)
+                        out = resampler.feed(pcm)
+                        if out:
+                            sink(out)
+            except TimeoutError:
+                if not timer.expired():
+                    raise  # the engine's own, not our budget
+                if waiting:  # still in a queue (Serve's or the engine's): busy, never a strike
+                    raise EngineBusy("not started in time (queued)") from None
                 if produced == 0:
-                    ttfb = time.perf_counter() - began
-                    slot.ttfbs.append(ttfb)
-                    self.metrics.ttfb(name, ttfb)
-                produced += len(pcm)
-                out = resampler.feed(pcm)
-                if out:
-                    sink(out)
+                    raise FirstByteTimeout(f"no audio within {limits.ttfb_timeout_s:.1f}s") from None
+                raise StallTimeout(f"audio stalled for {limits.stall_timeout_s:.1f}s") from None
             if produced == 0:
                 raise EmptyAudio("engine returned no audio")
             tail = resampler.flush()

@@ -36,7 +36,7 @@ from serve_app.engines.base import Engine, EngineCheck
 SAMPLE_RATE = 16000
 BOARD_NAME = "tts-fault-board"
 BOARD_NAMESPACE = "tts-faults"
-MODES = ("ok", "error", "hang", "stall", "empty", "partial", "invalid", "busy")
+MODES = ("ok", "error", "hang", "stall", "empty", "partial", "invalid", "busy", "own_timeout")
 
 
 @dataclass
@@ -267,6 +267,8 @@ class FaultyEngine(Engine):
                 await asyncio.Event().wait()
             if index == 1 and mode == "partial":
                 raise EngineUnavailable("injected failure after partial audio")
+            if index == 1 and mode == "own_timeout":  # e.g. a client library's own deadline
+                raise TimeoutError("injected: the engine's own deadline")
             yield chunk
             await asyncio.sleep(plan.chunk_delay_s)
         await self.control.record(text, "done")

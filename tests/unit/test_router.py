@@ -123,6 +123,15 @@ async def test_hang_stall_and_empty_audio_are_strikes(rig: Rig, mode: str, error
     assert breaker.last_error is not None and breaker.last_error.startswith(error)
 
 
+async def test_an_engines_own_timeout_is_its_error_not_a_stall_of_ours(rig: Rig) -> None:
+    rig.plan("zonos", mode="own_timeout")
+    runs = await rig.speak("Something to say.")
+    assert_complete(runs, "Something to say.")
+    breaker = rig.router.breaker("zonos")
+    assert breaker.strikes == 1
+    assert (breaker.last_error or "").startswith("TimeoutError: injected")
+
+
 async def test_failure_after_partial_audio_restarts_the_sentence_on_the_next_engine(rig: Rig) -> None:
     rig.plan("zonos", mode="partial")
     runs = await rig.speak(TEXT)

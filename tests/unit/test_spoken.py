@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from serve_app.core import spoken
-from serve_app.core.spoken import SpokenNormalizer, State, to_spoken
+from serve_app.core.spoken import SpokenNormalizer, State, to_spoken, unchanged_spoken
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,14 @@ def test_written_forms_become_words(normalizer: SpokenNormalizer, text: str, exp
 )
 def test_plain_text_is_unchanged_and_skips_the_grammars(normalizer: SpokenNormalizer, text: str) -> None:
     assert not normalizer.needs_normalization(text)
+    assert unchanged_spoken(text)  # known on the event loop: no hop to a thread
     assert to_spoken(text) == text
+
+
+def test_unchanged_spoken_sends_only_what_needs_the_grammars_to_them(normalizer: SpokenNormalizer) -> None:
+    assert not unchanged_spoken("Your total is $12.50 today.")
+    assert unchanged_spoken("Ihr Termin ist am 3. Mai.", "de")  # no normaliser for German: kept as is
+    assert to_spoken("Ihr Termin ist am 3. Mai.", "de") == "Ihr Termin ist am 3. Mai."
 
 
 def test_windowed_result_equals_whole_sentence(normalizer: SpokenNormalizer) -> None:
