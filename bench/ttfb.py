@@ -21,7 +21,9 @@ whose idle CPU rate is reported; requests/s with
 `--concurrency` clients for `--requests` requests, with the first-byte p50/p95 under that load;
 and CPU milliseconds per request of every process of the system (the server, its workers and
 children, Ray's daemons and replicas), from the OS's counters, during the throughput phase, next
-to the load generator's own CPU per request (it shares the cores). The machine's speed drifts over
+to the load generator's own CPU per request (it shares the cores), and the flite binary's CPU time
+for the sentence just before the system started and just after it stopped ("probe": the machine's
+speed around that system's figures). The machine's speed drifts over
 minutes (a shared VM: the same flite binary took 71 and 60 ms ten minutes apart), and the systems are
 measured one after the other, so `--rounds N` measures them all N times in turn and reports each
 ratio's median over the rounds. Prints a table and the ratios the targets are about.
@@ -34,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -68,6 +71,8 @@ class Figures:
     cpu_ms_per_request: float | None = None
     idle_cpu_ms_per_s: float | None = None
     client_cpu_ms_per_request: float | None = None
+    probe_before_ms: float | None = None
+    probe_after_ms: float | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -85,6 +90,22 @@ def raw_flite(runs: int) -> Figures:
         totals.append(time.perf_counter() - started)
         assert first
     return Figures("flite-binary", ttfb_ms=median_ms(ttfbs), total_ms=median_ms(totals))
+
+
+PROBE_RUNS = 10
+
+
+def speed_probe(runs: int = PROBE_RUNS) -> float:
+    """The machine's speed now: CPU milliseconds the flite binary takes for the sentence (median of
+    `runs`), taken while no system runs. A shared machine's speed drifts over minutes; the probe
+    before and after each system shows whether a system's figures came from a slower spell."""
+    costs = []
+    for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run(["flite", "-voice", "slt", "-o", "/dev/null", "-t", SENTENCE], check=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        costs.append((after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000)
+    return round(statistics.median(costs), 1)
 
 
 def body(pinned: bool) -> dict[str, object]:
@@ -170,11 +191,11 @@ def measure(
     name: str, argv: list[str], url: str, health: str, args: argparse.Namespace, *, pinned: bool, env: dict[str, str]
 ) -> Figures:
     """Start one system in its own process group, measure it, stop it."""
-    print(f"[{name}] starting", flush=True)
+    figures = Figures(name, probe_before_ms=speed_probe())
+    print(f"[{name}] starting (flite binary {figures.probe_before_ms} ms of CPU just before)", flush=True)
     log = Path(tempfile.mkdtemp(prefix="bench-ttfb-")) / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    figures = Figures(name)
     try:
         wait_ok(f"{url}{health}", timeout_s=300)
         speech = f"{url}/v1/audio/speech"
@@ -197,6 +218,7 @@ def measure(
         figures.notes.append(f"failed: {type(exc).__name__}: {str(exc)[:200]} (log: {log})")
     finally:
         stop(proc)
+    figures.probe_after_ms = speed_probe()
     return figures
 
 
@@ -314,14 +336,16 @@ def ratios(figures: list[Figures]) -> dict[str, float]:
 
 
 def print_table(figures: list[Figures]) -> None:
-    columns = ("ttfb ms", "total ms", "req/s", "p50 ms", "p95 ms", "cpu ms/req", "idle ms/s", "client ms")
+    columns = ("ttfb ms", "total ms", "req/s", "p50 ms", "p95 ms", "cpu ms/req", "idle ms/s", "client ms",
+               "probe ms")
     print(f"{'system':<20} " + " ".join(f"{c:>10}" for c in columns))
     for f in figures:
         cells = [
             f.ttfb_ms, f.total_ms, f.rps, f.loaded_ttfb_p50_ms, f.loaded_ttfb_p95_ms, f.cpu_ms_per_request,
             f.idle_cpu_ms_per_s, f.client_cpu_ms_per_request,
         ]
-        print(f"{f.name:<20} " + " ".join(f"{'-' if c is None else f'{c:g}':>10}" for c in cells))
+        probe = "-" if f.probe_before_ms is None else f"{f.probe_before_ms:g}/{f.probe_after_ms or 0:g}"
+        print(f"{f.name:<20} " + " ".join(f"{'-' if c is None else f'{c:g}':>10}" for c in cells) + f" {probe:>10}")
         for note in f.notes:
             print(f"    {note}")
 
