@@ -16,6 +16,7 @@ from serve_app.core.timing import WordMark
 from serve_app.router import AudioChunk, FallbackRouter, RouterConfig, Sentence, SpeechRequest
 from serve_app.router.clients import LocalEngineClient
 from tests.fakes.faulty import SAMPLE_RATE, FaultPlan, FaultyEngine, LocalControl, decode_runs, token_for
+from tests.support import eventually
 
 CHAIN = ("zonos", "edge", "flite")
 
@@ -75,6 +76,21 @@ async def test_exact_marks_pass_through_shifted_by_earlier_sentences(rig: Rig) -
         ("Alpha", 0.0), ("beta", 0.1), ("gamma", 0.2), ("Delta", 0.3), ("epsilon", 0.45),
     ]
     assert chunks[0].pcm and chunks[-1].sentence == 1
+
+
+async def test_pieces_that_queued_while_the_caller_was_busy_go_out_as_one(rig: Rig) -> None:
+    rig.plan("zonos", word_marks=True)  # three 100 ms pieces, a mark before each word's piece
+    text = "Alpha beta gamma."
+    request = SpeechRequest(text, sample_rate=SAMPLE_RATE, timestamps=True, normalize=False)
+    got: list[AudioChunk] = []
+    async for chunk in rig.router.synthesize(request):
+        got.append(chunk)
+        if len(got) == 1:  # a caller busy sending the first piece while the engine finishes
+            await eventually(lambda: (text, "done") in rig.controls["zonos"].log)
+    piece = 2 * SAMPLE_RATE // 10
+    assert [len(c.pcm) for c in got if c.pcm] == [piece, 2 * piece]  # the first at once, the rest together
+    assert [w.word for w in words_of(got)] == ["Alpha", "beta", "gamma"]
+    assert_monotonic(words_of(got), 3 * piece / (2 * SAMPLE_RATE))
 
 
 async def test_mid_sentence_failover_resumes_at_the_first_unheard_word(rig: Rig) -> None:
