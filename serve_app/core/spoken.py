@@ -707,18 +707,22 @@ def warm_up(language: str | None = None) -> SpokenNormalizer | None:
     return normalizer
 
 
+def _usable_normalizer(language: str | None) -> SpokenNormalizer | None:
+    """The normaliser `to_spoken` would use, or None where the text passes through as it is (no
+    normaliser for the language, or one that could not be created)."""
+    try:
+        return get_normalizer(language)
+    except Exception:
+        return None
+
+
 def unchanged_spoken(text: str, language: str | None = None) -> bool:
     """True when `to_spoken(text, language)` would return `text` as it is, known without running the
     grammars: no normaliser for the language, or a ready one that finds no token to rewrite (most
     sentences of a conversation). It is a scan of the text, cheap enough for an event loop, so such
     sentences need no hop to a worker thread; False means `to_spoken` must run (off the loop)."""
-    try:
-        normalizer = get_normalizer(language)
-    except Exception:
-        return True  # to_spoken keeps the text as is then too
-    if normalizer is None:
-        return True
-    return normalizer.ready and not normalizer.needs_normalization(text)
+    normalizer = _usable_normalizer(language)
+    return normalizer is None or (normalizer.ready and not normalizer.needs_normalization(text))
 
 
 def to_spoken(text: str, language: str | None = None) -> str:
@@ -726,13 +730,8 @@ def to_spoken(text: str, language: str | None = None) -> str:
 
     Never raises: on any failure, or while the normaliser is still loading, the input comes back.
     """
-    try:
-        normalizer = get_normalizer(language)
-    except Exception:
-        return text
-    if normalizer is None:
-        return text
-    return normalizer.normalize(text)
+    normalizer = _usable_normalizer(language)
+    return text if normalizer is None else normalizer.normalize(text)
 
 
 def _main(argv: list[str] | None = None) -> int:

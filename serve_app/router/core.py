@@ -469,20 +469,17 @@ class FallbackRouter:
     async def _consume(self, job: _SentenceJob, timestamps: bool, clock: _Clock) -> AsyncIterator[AudioChunk]:
         while True:
             while job.cursor < len(job.chunks):
-                chunk = job.chunks[job.cursor]
-                job.cursor += 1
-                heard = job.read(chunk)
                 # Pieces of one engine that queued up while the caller was sending go out as one: fewer
                 # sends and reads under load, and none waits for a later piece.
-                parts = [chunk.pcm]
-                while job.cursor < len(job.chunks) and job.chunks[job.cursor].engine == chunk.engine:
-                    more = job.chunks[job.cursor]
+                first = job.cursor
+                engine = job.chunks[first].engine
+                heard: list[TimedWord] = []
+                while job.cursor < len(job.chunks) and job.chunks[job.cursor].engine == engine:
+                    heard += job.read(job.chunks[job.cursor])
                     job.cursor += 1
-                    heard += job.read(more)
-                    parts.append(more.pcm)
-                if len(parts) > 1:
-                    chunk = AudioChunk(b"".join(parts), chunk.engine, chunk.sentence)
-                yield AudioChunk(chunk.pcm, chunk.engine, chunk.sentence, clock.marks(heard)) if timestamps else chunk
+                taken = job.chunks[first : job.cursor]
+                chunk = taken[0] if len(taken) == 1 else AudioChunk(b"".join(c.pcm for c in taken), engine, job.index)
+                yield AudioChunk(chunk.pcm, engine, chunk.sentence, clock.marks(heard)) if timestamps else chunk
             if job.done:
                 if job.error is not None:
                     if isinstance(job.error, ServiceError):
