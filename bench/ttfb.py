@@ -52,6 +52,7 @@ import psutil
 import yaml
 
 from bench.common import Timing, free_port, median_ms, timed_post
+from serve_app.launch import adopt_orphans, end_orphans
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank."
@@ -218,6 +219,10 @@ def measure(
         figures.notes.append(f"failed: {type(exc).__name__}: {str(exc)[:200]} (log: {log})")
     finally:
         stop(proc)
+        # Ray can leave HAProxy running after its cluster stops (a reload spawned while the signal
+        # was being handled); adopted by this process (`adopt_orphans` in `main`), it is ended here
+        # instead of holding HAProxy's fixed stats ports and failing every later `serve run`.
+        end_orphans()
     figures.probe_after_ms = speed_probe()
     return figures
 
@@ -368,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting for this service's runs (e.g. FLITE_OVERFLOW_PROCESSES=0)")
     args = parser.parse_args(argv)
+    adopt_orphans()
     rounds: list[list[Figures]] = []
     for number in range(1, args.rounds + 1):
         if args.rounds > 1:

@@ -126,7 +126,10 @@ _STREAM_CALLBACK = ctypes.CFUNCTYPE(
 )
 _STREAM_CONTINUE, _STREAM_STOP = 0, -1
 _STREAM_MIN_SAMPLES = 2048  # ~128 ms at 16 kHz: the first chunk leaves long before the sentence ends
-LATER_PIECE_SECONDS = 2.0  # later chunks: big, as each is a message through Serve
+# Later chunks: big, as each is a message through every layer (a helper's pipe, the ASGI middlewares,
+# a socket write, HAProxy, the client's parser). 4.5 s holds the rest of most agent sentences in one
+# piece; flite makes it in tens of milliseconds, far ahead of playback, so nothing waits for it.
+LATER_PIECE_SECONDS = 4.5
 _DONE = object()
 # Paths from a Word item to the segments around it (flite's feature-path language, as in `flite -ps`).
 _WORD_START = b"R:SylStructure.daughter1.daughter1.R:Segment.p.end"
@@ -327,11 +330,15 @@ class FliteLibrary:
         send: Callable[[FlitePiece | list[WordMark]], None],
         cancelled: threading.Event,
         started: bool = False,
-    ) -> None:
+    ) -> tuple[int, bytes] | None:
         """One synthesis as it travels, blocking (a worker thread, or a helper's loop): `STARTED`
         when the lock is ours (if `started`), the word marks as a list, then the audio in the
         pieces `PieceGatherer` makes. Gathering here, before anything crosses to the event loop or
-        a pipe, keeps that to a few messages a sentence instead of one per flite callback."""
+        a pipe, keeps that to a few messages a sentence instead of one per flite callback.
+
+        The last piece is returned, not sent: the caller sends it in one message with its end of
+        synthesis, so the receiver sees the end together with the audio (the resampler's tail then
+        joins the last chunk instead of costing a chunk of its own)."""
         gathered = PieceGatherer()
 
         def emit(rate: int, pcm: bytes) -> None:
@@ -341,39 +348,68 @@ class FliteLibrary:
         self._synthesize_blocking(
             text, voice, speed, emit, cancelled, send, (lambda: send(STARTED)) if started else None
         )
-        if (piece := gathered.rest()) is not None:
-            send(piece)
+        return gathered.rest()
 
     async def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[FlitePiece]:
-        loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
+        mailbox = _Mailbox(asyncio.get_running_loop(), queue)
         cancelled = threading.Event()
 
-        def send(item: FlitePiece | list[WordMark]) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        async def run() -> None:
+        def work() -> None:
+            """The synthesis thread: its last piece and its end (with its error, if any) go as one."""
             try:
-                await asyncio.to_thread(self.speak, text, voice, speed, send, cancelled, True)
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+                last = self.speak(text, voice, speed, mailbox.send, cancelled, True)
+            except BaseException as exc:  # delivered to the generator, which re-raises it
+                mailbox.send((_DONE, exc))
+                return
+            mailbox.send(*(() if last is None else (last,)), (_DONE, None))
 
-        worker = asyncio.ensure_future(run())
+        worker = asyncio.ensure_future(asyncio.to_thread(work))
+        finished = False
         try:
             while True:
                 item = await queue.get()
-                if item is _DONE:
+                if isinstance(item, tuple) and item[0] is _DONE:
+                    finished = True
+                    if item[1] is not None:
+                        raise item[1]
                     break
                 if isinstance(item, list):  # the word timings, ahead of the audio they describe
                     for mark in item:
                         yield mark
                     continue
                 yield item  # `STARTED`, or a (rate, pcm) piece
-            await worker  # re-raises a synthesis error
         finally:
             cancelled.set()
-            if not worker.done():
+            # After its end the thread has nothing left to do (the library's lock is released):
+            # not waiting for it lets the caller finish the sentence without another wake-up.
+            if not finished and not worker.done():
                 await asyncio.shield(worker)
+
+
+class _Mailbox:
+    """Items from a synthesis thread to a queue on the event loop, several per wake-up: a thread
+    that sends while the loop has not yet taken its earlier items adds to them instead of waking
+    the loop again."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> None:
+        self._loop = loop
+        self._queue = queue
+        self._items: list[Any] = []
+        self._lock = threading.Lock()
+
+    def send(self, *items: Any) -> None:
+        with self._lock:
+            wake = not self._items
+            self._items.extend(items)
+        if wake:
+            self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for item in items:
+            self._queue.put_nowait(item)
 
 
 class FliteBinary:

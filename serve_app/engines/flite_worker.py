@@ -175,9 +175,13 @@ def _read(stream: BinaryIO) -> Any:
     return pickle.loads(stream.read(_LENGTH.unpack(header)[0]))
 
 
-def _write(stream: BinaryIO, reply: Any) -> None:
-    payload = pickle.dumps(reply)
-    stream.write(_LENGTH.pack(len(payload)) + payload)
+def _write(stream: BinaryIO, *replies: Any) -> None:
+    """The replies in one write, so the parent reads them together."""
+    frames: list[bytes] = []
+    for reply in replies:
+        payload = pickle.dumps(reply)
+        frames += (_LENGTH.pack(len(payload)), payload)
+    stream.write(b"".join(frames))
     stream.flush()
 
 
@@ -189,19 +193,25 @@ def serve_forever(requests: BinaryIO, replies: BinaryIO) -> None:
     while (request := _read(requests)) is not None:
         text, voice, speed = request
         try:
-            _speak(library, text, voice, speed, lambda reply: _write(replies, reply))
-            _write(replies, ("done",))
+            last = _speak(library, text, voice, speed, lambda reply: _write(replies, reply))
+            # The last piece and the end in one write: the parent reads both at once and ends the
+            # sentence without waiting for another read.
+            _write(replies, *(() if last is None else (last,)), ("done",))
         except Exception as exc:  # the parent turns it into an engine error
             _write(replies, ("error", f"{type(exc).__name__}: {str(exc)[:200]}"))
 
 
-def _speak(library: Any, text: str, voice: str, speed: float, send: Callable[[tuple[Any, ...]], None]) -> None:
-    """The same synthesis as in-process, sent as it comes, in the same pieces."""
+def _speak(
+    library: Any, text: str, voice: str, speed: float, send: Callable[[tuple[Any, ...]], None]
+) -> tuple[Any, ...] | None:
+    """The same synthesis as in-process, sent as it comes, in the same pieces; the last piece is
+    returned as its reply, for the caller to send with its end."""
 
-    def reply(item: Any) -> None:
-        send(("marks", item) if isinstance(item, list) else ("audio", *item))
+    def reply(item: Any) -> tuple[Any, ...]:
+        return ("marks", item) if isinstance(item, list) else ("audio", *item)
 
-    library.speak(text, voice, speed, reply, threading.Event())
+    last = library.speak(text, voice, speed, lambda item: send(reply(item)), threading.Event())
+    return None if last is None else reply(last)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -10,9 +11,11 @@ from serve_app.core.audio import pcm_duration, rms_level
 from serve_app.core.timing import WordMark
 from serve_app.engines import registry
 from serve_app.engines.base import EngineUnavailable, InvalidInput
-from serve_app.engines.flite import FliteBinary, FliteEngine, FliteLibrary
+from serve_app.engines.flite import LATER_PIECE_SECONDS, FliteBinary, FliteEngine, FliteLibrary, _Mailbox
 from serve_app.engines.flite_worker import FliteWorkers
 from serve_app.ingress import hosted_engines_problem
+from serve_app.router import FallbackRouter, RouterConfig, SpeechRequest
+from serve_app.router.clients import LocalEngineClient
 
 LONG = "This sentence is long enough that flite streams it out in several pieces as it goes along."
 
@@ -233,3 +236,54 @@ def test_helpers_start_and_speak_under_uvloop_as_in_a_serve_replica() -> None:
             workers.close()
 
     assert uvloop.run(speak()) > 16000
+
+
+@pytest.mark.parametrize("spoken_by", ["library", "helper"])
+async def test_a_sentence_reaches_a_24khz_caller_in_two_chunks_at_most(spoken_by: str) -> None:
+    # Every chunk is a message through every layer up to the client (middlewares, a socket write,
+    # HAProxy, the client's parser): a sentence goes as its first piece (time to first byte) and
+    # the rest. The end of a synthesis travels with its last piece, so the resampler's held-back
+    # tail joins that chunk instead of following as a chunk of its own.
+    engine = FliteEngine(backend="library", overflow_processes=1)
+    router = FallbackRouter({"flite": LocalEngineClient(engine)}, RouterConfig())
+    busy = engine.synthesize(LONG * 30) if spoken_by == "helper" else None
+    try:
+        if busy is not None:
+            assert await busy.__anext__() == b""  # libflite is taken: a helper speaks the sentence
+        sentence = "The quick brown fox jumps over the lazy dog near the quiet river bank."
+        request = SpeechRequest(sentence, sample_rate=24000, normalize=False)
+        chunks = [chunk.pcm async for chunk in router.synthesize(request) if chunk.pcm]
+        assert 1 <= len(chunks) <= 2
+        assert 3.0 < pcm_duration(sum(map(len, chunks)), 24000) < LATER_PIECE_SECONDS
+        helpers = engine._helpers
+        assert helpers is not None and helpers.workers._started == (1 if spoken_by == "helper" else 0)
+    finally:
+        if busy is not None:
+            await busy.aclose()
+        await router.aclose()
+        assert engine._helpers is not None
+        engine._helpers.workers.close()
+
+
+async def test_what_a_synthesis_thread_sends_while_the_loop_is_busy_arrives_in_one_wake_up() -> None:
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    mailbox = _Mailbox(loop, queue)
+    wakes = 0
+    original = loop.call_soon_threadsafe
+
+    def counting(callback: Any, *args: Any) -> Any:
+        nonlocal wakes
+        wakes += callback == mailbox._deliver  # not the thread pool's own completions
+        return original(callback, *args)
+
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    try:
+        # The loop is busy running this test: nothing is delivered until it awaits.
+        await asyncio.to_thread(lambda: (mailbox.send("a"), mailbox.send("b", "c")))
+        assert [queue.get_nowait() for _ in range(3)] == ["a", "b", "c"]
+        assert wakes == 1
+        await asyncio.to_thread(mailbox.send, "d")  # the earlier items were taken: a new wake-up
+        assert queue.get_nowait() == "d" and wakes == 2
+    finally:
+        del loop.call_soon_threadsafe

@@ -26,7 +26,7 @@ def test_serve_run_reads_ray_serves_fastest_ingress_path_from_the_config() -> No
     assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     # HAProxy passes a streamed body on in pieces of at most its buffer: the engines' later audio
-    # pieces (2 s) at OpenAI's 24 kHz `pcm` must pass whole, not as 16 KB chunks to parse.
+    # pieces (`LATER_PIECE_SECONDS`) at OpenAI's 24 kHz `pcm` must pass whole, not as 16 KB chunks to parse.
     later_piece = int(LATER_PIECE_SECONDS * 24000 * 2)
     assert int(env["RAY_SERVE_HAPROXY_TUNE_BUFSIZE"]) >= later_piece
     # The same block is what Serve's controller is started with (controller_options).
