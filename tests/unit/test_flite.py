@@ -259,7 +259,7 @@ async def test_a_sentence_reaches_a_24khz_caller_in_two_chunks_at_most(spoken_by
         assert helpers is not None and helpers.workers._started == (1 if spoken_by == "helper" else 0)
     finally:
         if busy is not None:
-            await busy.aclose()
+            await busy.aclose()  # type: ignore[attr-defined]
         await router.aclose()
         assert engine._helpers is not None
         engine._helpers.workers.close()
@@ -277,10 +277,14 @@ async def test_what_a_synthesis_thread_sends_while_the_loop_is_busy_arrives_in_o
         wakes += callback == mailbox._deliver  # not the thread pool's own completions
         return original(callback, *args)
 
-    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign,assignment]
     try:
         # The loop is busy running this test: nothing is delivered until it awaits.
-        await asyncio.to_thread(lambda: (mailbox.send("a"), mailbox.send("b", "c")))
+        def thread() -> None:
+            mailbox.send("a")
+            mailbox.send("b", "c")
+
+        await asyncio.to_thread(thread)
         assert [queue.get_nowait() for _ in range(3)] == ["a", "b", "c"]
         assert wakes == 1
         await asyncio.to_thread(mailbox.send, "d")  # the earlier items were taken: a new wake-up
