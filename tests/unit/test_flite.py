@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -274,20 +275,27 @@ async def test_what_a_synthesis_thread_sends_while_the_loop_is_busy_arrives_in_o
 
     def counting(callback: Any, *args: Any) -> Any:
         nonlocal wakes
-        wakes += callback == mailbox._deliver  # not the thread pool's own completions
+        wakes += callback == mailbox._deliver
         return original(callback, *args)
 
     loop.call_soon_threadsafe = counting  # type: ignore[method-assign,assignment]
     try:
-        # The loop is busy running this test: nothing is delivered until it awaits.
-        def thread() -> None:
+        # The loop is blocked (the thread is joined without awaiting) while the thread sends, as it is
+        # when busy with other streams: the sends wait for one delivery.
+        def sends() -> None:
             mailbox.send("a")
             mailbox.send("b", "c")
 
-        await asyncio.to_thread(thread)
+        sender = threading.Thread(target=sends)
+        sender.start()
+        sender.join()
+        assert queue.empty() and wakes == 1
+        await asyncio.sleep(0)  # the loop runs: one delivery, in order
         assert [queue.get_nowait() for _ in range(3)] == ["a", "b", "c"]
-        assert wakes == 1
-        await asyncio.to_thread(mailbox.send, "d")  # the earlier items were taken: a new wake-up
-        assert queue.get_nowait() == "d" and wakes == 2
+        sender = threading.Thread(target=mailbox.send, args=("d",))
+        sender.start()
+        sender.join()
+        await asyncio.sleep(0)
+        assert queue.get_nowait() == "d" and wakes == 2  # the earlier items were taken: a new wake-up
     finally:
         del loop.call_soon_threadsafe
