@@ -77,12 +77,17 @@ class Figures:
     notes: list[str] = field(default_factory=list)
 
 
+def flite_argv(output: str) -> list[str]:
+    """The flite binary speaking the bench sentence with the reference's voice into `output`."""
+    return ["flite", "-voice", "slt", "-o", output, "-t", SENTENCE]
+
+
 def raw_flite(runs: int) -> Figures:
     """TTFB and total of the flite binary writing WAV to stdout."""
     ttfbs, totals = [], []
     for _ in range(runs):
         started = time.perf_counter()
-        proc = subprocess.Popen(["flite", "-voice", "slt", "-o", "/dev/stdout", "-t", SENTENCE], stdout=subprocess.PIPE)
+        proc = subprocess.Popen(flite_argv("/dev/stdout"), stdout=subprocess.PIPE)
         assert proc.stdout is not None
         first = proc.stdout.read(1)
         ttfbs.append(time.perf_counter() - started)
@@ -103,7 +108,7 @@ def speed_probe(runs: int = PROBE_RUNS) -> float:
     costs = []
     for _ in range(runs):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run(["flite", "-voice", "slt", "-o", "/dev/null", "-t", SENTENCE], check=True)
+        subprocess.run(flite_argv("/dev/null"), check=True)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         costs.append((after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000)
     return round(statistics.median(costs), 1)

@@ -477,9 +477,8 @@ class FallbackRouter:
                 while job.cursor < len(job.chunks) and job.chunks[job.cursor].engine == engine:
                     heard += job.read(job.chunks[job.cursor])
                     job.cursor += 1
-                taken = job.chunks[first : job.cursor]
-                chunk = taken[0] if len(taken) == 1 else AudioChunk(b"".join(c.pcm for c in taken), engine, job.index)
-                yield AudioChunk(chunk.pcm, engine, chunk.sentence, clock.marks(heard)) if timestamps else chunk
+                pcm = b"".join(c.pcm for c in job.chunks[first : job.cursor])  # one piece: itself, no copy
+                yield AudioChunk(pcm, engine, job.index, clock.marks(heard) if timestamps else ())
             if job.done:
                 if job.error is not None:
                     if isinstance(job.error, ServiceError):
