@@ -3,6 +3,14 @@
 One per process (the ingress replica's lifespan opens it). Every query goes through `run()`,
 which applies the breaker and an overall deadline, so no caller waits longer than the pool
 timeout plus the connect and statement timeouts, whatever the network does.
+
+A caller's cancellation (a client that hung up, a proxy that gave up) never reaches a transaction
+in flight: the transaction runs in a task of its own and finishes (commit or rollback, its
+connection back in the pool) while the caller is told at once. Cancelled mid-statement, the
+drivers leave a connection to be closed by a clean-up task of their own, and a second
+cancellation (Serve cancels a request more than once) can end that task too: with SQLite the
+connection then keeps its write lock forever and every later transaction of every process fails
+with "database is locked".
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ class Database:
         # file lock makes SQLite's busy handler sleep in steps of up to 100 ms. Other processes
         # sharing the file still wait on the busy timeout.
         self._sqlite_lock: asyncio.Lock | None = asyncio.Lock() if settings.db.is_sqlite else None
+        # Transactions whose caller left: referenced until done, so none is collected half-way.
+        self._orphans: set[asyncio.Task[Any]] = set()
         logger.debug("database engine created for %s", safe_url(settings))
 
     @property
@@ -52,7 +62,28 @@ class Database:
         return self.engine.dialect.name
 
     async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        """Run `work` in one transaction (committed on return), guarded and bounded in time."""
+        """Run `work` in one transaction (committed on return), guarded and bounded in time.
+
+        If the caller is cancelled the transaction still runs to its end (within the same deadline).
+        """
+        return await self._uncancellable(self._transaction(work))
+
+    async def _uncancellable(self, operation: Awaitable[T]) -> T:
+        task = asyncio.ensure_future(operation)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                self._orphans.add(task)
+                task.add_done_callback(self._orphan_done)
+            raise
+
+    def _orphan_done(self, task: asyncio.Task[Any]) -> None:
+        self._orphans.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            logger.debug("a transaction whose caller left failed: %s", type(error).__name__)
+
+    async def _transaction(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         async with (
             self.guard.attempt(),
             asyncio.timeout(self.operation_timeout_s),
@@ -78,6 +109,9 @@ class Database:
         The probe query goes through the breaker: while it is open the report says so at once,
         and once the reset time has passed the health check itself may be the probe that closes it.
         """
+        return await self._uncancellable(self._health())
+
+    async def _health(self) -> dict[str, Any]:
         started = time.perf_counter()
         error: str | None = None
         try:
@@ -103,5 +137,7 @@ class Database:
         return report
 
     async def dispose(self) -> None:
-        """Close every pooled connection (at shutdown)."""
+        """Let transactions whose caller left finish, then close every pooled connection (at shutdown)."""
+        if self._orphans:
+            await asyncio.wait(set(self._orphans), timeout=self.operation_timeout_s)
         await self.engine.dispose()

@@ -110,14 +110,18 @@ def inject(driver: Any, source: str) -> None:
     driver.injected.append(result["identifier"])
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
+def wait_for(
+    condition: Callable[[], Any], what: str, timeout: float = WAIT_S, explain: Callable[[], str] | None = None
+) -> Any:
+    """`condition()` once it is truthy; on timeout an AssertionError with what `explain()` says."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            detail = f" ({explain()})" if explain is not None else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
         time.sleep(0.1)
 
 
@@ -129,16 +133,31 @@ def playback(driver: Any) -> dict[str, str]:
     return driver.execute_script("return Object.assign({}, document.getElementById('playback').dataset)")
 
 
+def page_report(driver: Any) -> str:
+    """What the page said about a failure: its message lines and the console's errors."""
+    messages = driver.execute_script(
+        "return [...document.querySelectorAll('[id$=\"-message\"]')]"
+        ".filter(e => e.textContent.trim()).map(e => `${e.id}: ${e.textContent.trim()}`)"
+    )
+    return "; ".join([*messages, *console_errors(driver)]) or "the page reported nothing"
+
+
 def open_page(driver: Any, url: str) -> None:
     driver.get(url)
-    # Loaded: the voices are listed and the first status poll has come back.
+    wait_loaded(driver)
+
+
+def wait_loaded(driver: Any) -> None:
+    """Until the page has loaded: the voices are listed and the first status poll has come back."""
     wait_for(
         lambda: driver.execute_script("return document.querySelectorAll('#speak-voice option').length > 5"),
         "the voice list",
+        explain=lambda: page_report(driver),
     )
     wait_for(
         lambda: driver.execute_script("return document.querySelectorAll('#engines-table tbody tr').length > 0"),
         "the engine status",
+        explain=lambda: page_report(driver),
     )
 
 
@@ -247,6 +266,31 @@ def test_sse_stream_plays_and_highlights_words(page: Any, serve_url: str, tmp_pa
     assert len(page.find_elements(By.CSS_SELECTOR, "#transcript .word.spoken")) == int(playback(page)["words"])
     page.save_screenshot(str(tmp_path / "sse.png"))
     assert console_errors(page) == []
+
+
+# The page's first voice-list request fails as a dropped connection does; later ones go through.
+FIRST_VOICE_LIST_FAILS = """
+const passFetch = window.fetch.bind(window);
+let voiceListsFailed = 0;
+window.fetch = (input, init) => {
+  const url = typeof input === "string" ? input : input.url;
+  if (url.endsWith("/v1/audio/voices") && !(init && init.method) && voiceListsFailed++ === 0) {
+    return Promise.reject(new TypeError("Failed to fetch"));
+  }
+  return passFetch(input, init);
+};
+"""
+
+
+def test_voice_list_fills_in_by_itself_after_a_failed_load(page: Any, serve_url: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    inject(page, FIRST_VOICE_LIST_FAILS)
+    page.get(f"{serve_url}/")
+    wait_for(lambda: "Voices:" in page.find_element(By.ID, "speak-message").text, "the failure to be shown")
+    wait_loaded(page)  # the next status poll loads the list again
+    assert page.find_element(By.ID, "speak-message").text == ""
+    assert page.find_element(By.ID, "clones-message").text == ""
 
 
 def test_bad_upload_shows_the_api_message(page: Any, serve_url: str, tmp_path: Path) -> None:

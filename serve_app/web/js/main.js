@@ -3,6 +3,7 @@
 
 import { $, say } from "./dom.js";
 import { getApiKey, setApiKey } from "./api.js";
+import { subscribe } from "./bus.js";
 import { initSpeak } from "./speak.js";
 import { initStatus, refresh } from "./status.js";
 import { initTabs } from "./tabs.js";
@@ -28,14 +29,25 @@ function initApiKey() {
   });
 }
 
+// Whether the last voice list load failed; the status poll then tries again, so a page opened
+// during a database outage (or a dropped connection) fills itself in once the service is back.
+let voicesMissing = false;
+let voicesLoading = false;
+
 async function reloadVoices() {
+  voicesLoading = true;
   try {
     await loadVoices();
+    voicesMissing = false;
     say($("#clones-message"), "");
+    if ($("#speak-message").textContent.startsWith("Voices:")) say($("#speak-message"), "");
   } catch (error) {
+    voicesMissing = true;
     // 401 without a key is the common case; the message says so in the API's words.
     say($("#clones-message"), `Voices: ${error.message}`, "error");
     say($("#speak-message"), `Voices: ${error.message}`, "error");
+  } finally {
+    voicesLoading = false;
   }
 }
 
@@ -50,3 +62,6 @@ initSpeak();
 initVoices();
 reloadVoices();
 initStatus();
+subscribe("engines", () => {
+  if (voicesMissing && !voicesLoading) reloadVoices();
+});
