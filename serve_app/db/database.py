@@ -6,11 +6,11 @@ timeout plus the connect and statement timeouts, whatever the network does.
 
 A caller's cancellation (a client that hung up, a proxy that gave up) never reaches a transaction
 in flight: the transaction runs in a task of its own and finishes (commit or rollback, its
-connection back in the pool) while the caller is told at once. Cancelled mid-statement, the
-drivers leave a connection to be closed by a clean-up task of their own, and a second
-cancellation (Serve cancels a request more than once) can end that task too: with SQLite the
-connection then keeps its write lock forever and every later transaction of every process fails
-with "database is locked".
+connection back in the pool) while the caller is told at once. Cancelled mid-statement,
+SQLAlchemy hands the connection to a clean-up task that closes it, and a second cancellation
+(Serve cancels a request more than once) can end that task too: a SQLite connection then keeps
+its write lock for good, and every later transaction of every process fails with "database is
+locked".
 """
 
 from __future__ import annotations
