@@ -26,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from config.settings import Settings
-from serve_app.db.engine import create_engine, safe_url
+from serve_app.db.engine import READ_ONLY, create_engine, safe_url
 from serve_app.db.guard import DatabaseGuard, DatabaseUnavailable
 from serve_app.db.pool_monitor import PoolMonitor
 
@@ -120,6 +120,7 @@ class Database:
                 asyncio.timeout(self.health_timeout_s),
                 self.engine.connect() as conn,
             ):
+                await conn.execution_options(**{READ_ONLY: True})  # no queueing behind writers
                 await conn.execute(text("SELECT 1"))
         except DatabaseUnavailable as exc:
             error = str(exc)[:300]

@@ -10,7 +10,9 @@ Connect, command and statement timeouts bound every round trip.
 
 SQLite (aiosqlite): WAL journal (readers never block the writer), a busy timeout, and
 `BEGIN IMMEDIATE` transactions, so concurrent writers queue on the lock instead of failing with
-"database is locked" when a read transaction tries to upgrade.
+"database is locked" when a read transaction tries to upgrade. A connection marked `READ_ONLY`
+(the health probe) begins a plain deferred transaction instead: it never writes, and must not
+queue behind writers to say the database answers.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from config.settings import Settings
 logger = logging.getLogger(__name__)
 
 APPLICATION_NAME = "voice-tts-serve"
+# Execution option: this connection only reads (SQLite then skips the writer lock; ignored elsewhere).
+READ_ONLY = "voice_tts_read_only"
 
 
 def server_settings(settings: Settings) -> dict[str, str]:
@@ -119,7 +123,7 @@ def _install_sqlite_listeners(engine: AsyncEngine, settings: Settings) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 def create_engine(settings: Settings) -> AsyncEngine:

@@ -141,3 +141,18 @@ async def test_callers_cancelled_mid_statement_never_leave_the_write_lock_held(t
         assert (await database.health())["ok"] is True
     finally:
         await database.dispose()
+
+
+async def test_the_health_probe_does_not_queue_behind_a_writer(tmp_path: Path) -> None:
+    """Another process holding SQLite's write lock (a long write) must not make the database look
+    down: the probe only reads, so it neither waits for the lock nor times out."""
+    database = Database(_settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/s.db", db_connect_timeout=0.5))
+    writer = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    try:
+        assert (await database.health())["ok"] is True  # creates the file, WAL on
+        writer.execute("BEGIN IMMEDIATE")
+        report = await database.health()
+        assert report["ok"] is True, report
+    finally:
+        writer.close()
+        await database.dispose()
