@@ -143,6 +143,12 @@ def end_orphans(grace_s: float = 3.0) -> None:
 # kernel's ephemeral range are nobody's.
 _FREE_PORT_FLOOR = 20000
 
+# Ports this process has handed out. A port is only bound when its user starts, often after
+# several more have been chosen (a Ray node takes nine at once), so a probe that finds it free
+# proves nothing: without this record two components of one node could be given the same port.
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free right now on `host` (for private clusters, tests and benchmarks), chosen
@@ -152,14 +158,20 @@ def free_port(host: str = "127.0.0.1") -> int:
     outgoing connections, and a starting Ray cluster opens hundreds of those: one of them was seen
     holding the port when HAProxy came to bind it a few seconds later, and the cluster failed to
     start ("Address already in use"). Below that range only a listener could take it.
+
+    One process never gets the same port twice, even before the first taker binds it.
     """
     below = range(_FREE_PORT_FLOOR, _ephemeral_start())
-    for port in random.sample(below, min(200, len(below))):
-        with socket.socket() as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
+    with _HANDED_OUT_LOCK:
+        for port in random.sample(below, min(200, len(below))):
+            if port in _HANDED_OUT:
                 continue
+            with socket.socket() as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
             return port
     with socket.socket() as sock:  # no room below the ephemeral range on this host
         sock.bind((host, 0))

@@ -91,3 +91,14 @@ def test_free_ports_come_from_below_the_ephemeral_range() -> None:
     ports = {free_port() for _ in range(20)}
     assert all(20000 <= port < _ephemeral_start() for port in ports), ports
     assert len(ports) > 1  # random, so two clusters started at once rarely pick the same one
+
+
+def test_a_port_is_never_handed_out_twice_by_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A Ray node is given nine ports before any is bound; two of them once came out equal and
+    # `ray start` refused them ("metrics_export is trying to use a port number ... used by other
+    # components"). The draw is made the same every time here, so only the record keeps them apart.
+    import serve_app.launch as launch
+
+    monkeypatch.setattr(launch.random, "sample", lambda population, k: list(population)[:k])
+    ports = [launch.free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports), ports
