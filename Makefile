@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SERVE_CONFIG ?= serve_config.yaml
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: run test venv install install-test install-zonos spoken-cache flite browser lint typecheck bench load clean
+.PHONY: run test venv install install-test install-zonos spoken-cache flite flite-lib browser lint typecheck bench load clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,14 @@ flite:
 
 install: venv flite
 	$(BIN)/pip install -q -e .
+	@$(MAKE) --no-print-directory flite-lib
+
+# libflite's core rebuilt from Debian's own source for this CPU (x86-64-v3: fused multiply-add),
+# ~12% less CPU a sentence, same audio; checked against the system library before use. Quick when
+# built; when it cannot be built (no compiler, no network, an older CPU) the system's is used.
+FLITE_LIB_DIR ?= data/flite
+flite-lib:
+	@$(BIN)/python -m serve_app.engines.flite_lib --build --dir $(FLITE_LIB_DIR) || true
 
 # NeMo's English text-normalisation grammars, compiled once (30-60 s) into data/tn-cache; replicas
 # only load them (under a second). Quick when the cache is there.
@@ -37,6 +45,7 @@ browser:
 
 install-test: venv flite browser install-zonos
 	$(BIN)/pip install -q -e '.[test]'
+	@$(MAKE) --no-print-directory flite-lib
 	@# CPU build of torch for the Zonos test double; never the multi-GB CUDA default.
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0 || \
 	  $(BIN)/pip install -q torch --index-url https://download.pytorch.org/whl/cpu

@@ -6,6 +6,7 @@ comparison isolates what Serve's proxy and handle hops cost.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -16,7 +17,8 @@ from serve_app.core.audio import StreamResampler
 from serve_app.engines.flite import FliteEngine
 
 app = FastAPI()
-engine = FliteEngine()
+# The same libflite as the service's runs (bench.ttfb passes FLITE_LIBRARY on when it is set).
+engine = FliteEngine(library=os.environ.get("FLITE_LIBRARY", "auto"))
 
 
 class Body(BaseModel):

@@ -52,6 +52,7 @@ import psutil
 import yaml
 
 from bench.common import Timing, free_port, median_ms, timed_post
+from serve_app.engines.flite_lib import choose
 from serve_app.launch import adopt_orphans, end_orphans
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -306,8 +307,9 @@ def systems(args: argparse.Namespace) -> list[Figures]:
     if wanted("uvicorn+engine"):
         port = free_port()
         argv = [*uvicorn, "--port", str(port), "bench.plain_app:app"]
+        library = {key: value for key, value in ours.items() if key == "FLITE_LIBRARY"}
         out.append(measure("uvicorn+engine", argv, f"http://127.0.0.1:{port}", "/docs", args, pinned=False,
-                           env=clean_env()))
+                           env=clean_env(**library)))
     if wanted("serve run"):
         port = free_port()
         argv = [str(BIN / "serve"), "run", "--address", "local", str(serve_run_config(port))]
@@ -378,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting for this service's runs (e.g. FLITE_OVERFLOW_PROCESSES=0)")
     args = parser.parse_args(argv)
+    # Our engine's libflite (the floor, `serve run` and `make run` load the same one); the
+    # reference runs Debian's flite binary whatever this says.
+    library = choose(dict(item.split("=", 1) for item in args.set).get("FLITE_LIBRARY", "auto")).reason
+    print(f"libflite of our engine: {library}", flush=True)
     adopt_orphans()
     rounds: list[list[Figures]] = []
     for number in range(1, args.rounds + 1):
@@ -400,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
           "*_cpu_per_request_vs_uvicorn_binary <= 1.0")
     if args.json:
         report = {
+            "libflite": library,
             "systems": [f.__dict__ for f in rounds[-1]],
             "ratios": found,
             "rounds": [{"systems": [f.__dict__ for f in figures], "ratios": ratios_}

@@ -47,6 +47,7 @@ from serve_app.core.gate import PRIORITY_NEW, PriorityGate
 from serve_app.core.timing import WordMark
 from serve_app.core.voices import Catalogue, Voice, VoiceTable
 from serve_app.engines.base import Engine, EngineCheck
+from serve_app.engines.flite_lib import Choice, choose
 from serve_app.engines.flite_worker import FliteWorkers
 from serve_app.engines.spec import DeploymentDefaults, EngineContext, EngineSettings, EngineSpec
 
@@ -87,6 +88,9 @@ class FliteSettings(EngineSettings):
     binary: str = "flite"
     default_voice: str = "slt"
     backend: str = Field("auto", pattern="^(auto|library|binary)$")
+    # Which libflite the library backend loads: `auto` (the build for this CPU in data/flite when
+    # there and runnable, else the system's), `system`, or a path (serve_app.engines.flite_lib).
+    library: str = "auto"
     # libflite speaks one text at a time per process; while it is busy, up to this many more
     # requests are spoken at once by long-lived helper processes, so a replica uses every core.
     # Empty: one per CPU core of the machine; 0: requests wait for libflite instead.
@@ -187,8 +191,11 @@ class FliteLibrary:
 
     kind = "library"
 
-    def __init__(self) -> None:
-        name = ctypes.util.find_library("flite") or "libflite.so.1"
+    def __init__(self, path: str | None = None) -> None:
+        # `path` (a build of libflite for this CPU, `serve_app.engines.flite_lib`) is loaded first and
+        # globally, so the voices' own libraries bind to it by its soname instead of the system's.
+        self.path = path
+        name = path or ctypes.util.find_library("flite") or "libflite.so.1"
         self._lib = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
         self._lib.flite_init()
         self._lib.flite_text_to_wave.restype = ctypes.POINTER(_CstWave)
@@ -498,6 +505,7 @@ class FliteEngine(Engine):
         binary: str = "flite",
         default_voice: str = "slt",
         backend: str = "auto",
+        library: str = "auto",
         catalogue: Catalogue | None = None,
         overflow_processes: int = 0,
         hang_timeout_s: float = 30.0,
@@ -509,9 +517,11 @@ class FliteEngine(Engine):
         self._helpers: FliteHelpers | None = None
         self.hang_timeout_s = hang_timeout_s
         errors: list[str] = []
+        self.library: Choice | None = None
         if backend in ("auto", "library"):
             try:
-                self._backend = FliteLibrary()
+                self.library = choose(library)
+                self._backend = FliteLibrary(self.library.path)
             except OSError as exc:
                 errors.append(f"libflite: {exc}")
         if self._backend is None and backend in ("auto", "binary"):
@@ -522,10 +532,12 @@ class FliteEngine(Engine):
         if self._backend is None:
             self._problem = "; ".join(errors) or "no flite backend"
             logger.warning("flite unavailable: %s", self._problem)
+        elif errors:
+            logger.warning("flite: %s; speaking with the %s backend", "; ".join(errors), self._backend.kind)
         else:
             logger.debug("flite backend: %s", self._backend.kind)
         if isinstance(self._backend, FliteLibrary) and overflow_processes > 0:
-            self._helpers = FliteHelpers(FliteWorkers(overflow_processes))
+            self._helpers = FliteHelpers(FliteWorkers(overflow_processes, self._backend.path))
         # The in-process library and each helper: one synthesis slot each.
         self._slots = PriorityGate(1 + overflow_processes) if self._helpers is not None else None
 
@@ -542,6 +554,8 @@ class FliteEngine(Engine):
         if self._backend is None:
             return EngineCheck(self.name, False, self._problem)
         details: dict[str, Any] = {"backend": self._backend.kind}
+        if self.library is not None and isinstance(self._backend, FliteLibrary):
+            details["library"] = self.library.reason
         if self._helpers is not None:
             workers = self._helpers.workers
             details["overflow_processes"] = {"limit": workers.size, "busy": workers.busy}
@@ -624,6 +638,7 @@ def _build(settings: FliteSettings, context: EngineContext) -> FliteEngine:
         binary=settings.binary,
         default_voice=settings.default_voice,
         backend=settings.backend,
+        library=settings.library,
         catalogue=context.catalogue,
         overflow_processes=(os.cpu_count() or 1) if overflow is None else overflow,
         hang_timeout_s=settings.hang_timeout_s,

@@ -59,10 +59,10 @@ class _Helper:
         self._transport = transport
 
     @classmethod
-    async def start(cls) -> _Helper:
+    async def start(cls, library: str | None) -> _Helper:
         proc = await asyncio.to_thread(
             subprocess.Popen,
-            [sys.executable, "-m", "serve_app.engines.flite_worker"],
+            [sys.executable, "-m", "serve_app.engines.flite_worker", *([library] if library else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -109,8 +109,9 @@ _DIED = (asyncio.IncompleteReadError, BrokenPipeError, ConnectionResetError)
 class FliteWorkers:
     """Up to `size` helper processes running libflite, handed out one request at a time."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, library: str | None = None) -> None:
         self.size = size
+        self.library = library  # the libflite the helpers load (None: the system's)
         self.busy = 0
         self._idle: list[_Helper] = []
         self._started = 0
@@ -157,7 +158,7 @@ class FliteWorkers:
             del self._calls[call]
 
     async def _start(self) -> _Helper:
-        helper = await _Helper.start()
+        helper = await _Helper.start(self.library)
         self._started += 1
         logger.debug("flite helper %d started (pid %s)", self._started, helper.proc.pid)
         return helper
@@ -185,11 +186,11 @@ def _write(stream: BinaryIO, *replies: Any) -> None:
     stream.flush()
 
 
-def serve_forever(requests: BinaryIO, replies: BinaryIO) -> None:
+def serve_forever(requests: BinaryIO, replies: BinaryIO, library_path: str | None = None) -> None:
     """The helper's loop: one request at a time until its parent closes stdin."""
     from serve_app.engines.flite import FliteLibrary
 
-    library = FliteLibrary()
+    library = FliteLibrary(library_path)
     while (request := _read(requests)) is not None:
         text, voice, speed = request
         try:
@@ -220,7 +221,7 @@ def main() -> None:
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
-        serve_forever(sys.stdin.buffer, replies)
+        serve_forever(sys.stdin.buffer, replies, sys.argv[1] if len(sys.argv) > 1 else None)
 
 
 if __name__ == "__main__":
