@@ -596,6 +596,8 @@ class FliteEngine(Engine):
         chosen = self.resolve_voice(voice)
         # Lengths only: per-sentence excerpts would add up to the whole user text in a DEBUG log.
         logger.debug("flite synthesize voice=%s chars=%d", chosen, len(text))
+        if self._helpers is not None:
+            self._helpers.workers.prestart()  # once: the helpers are loaded before a burst needs them
         async with self._slot(priority), contextlib.aclosing(self._speak(self._pick(), text, chosen, speed)) as pieces:
             async for piece in pieces:
                 yield piece

@@ -117,6 +117,32 @@ class FliteWorkers:
         self._started = 0
         self._calls: dict[int, float] = {}  # running calls: when each began
         self._call_ids = itertools.count()
+        self._filling: asyncio.Future[None] | None = None
+
+    def prestart(self) -> None:
+        """Start every helper now, in the background (the engine calls this at its first request).
+        A burst that follows then finds them loaded, instead of waiting a second or more for each
+        helper's Python and libflite while the in-process library serves alone and the queue's wait
+        runs past the router's admission budget (seen: 503s for a burst of 20 requests right after
+        start on a slow 2-core machine)."""
+        if self._filling is None:
+            self._filling = asyncio.ensure_future(self._fill())
+
+    async def _fill(self) -> None:
+        try:
+            while len(self._idle) + self.busy < self.size:
+                self._keep(await self._start(), counted=False)
+        except Exception as exc:  # started again on demand, where a failure reaches the request
+            logger.warning("flite helpers not started ahead of need: %s", type(exc).__name__)
+
+    def _keep(self, helper: _Helper, *, counted: bool) -> None:
+        """To the idle helpers, unless that makes more than `size` (a request that found none idle
+        while the others were starting started its own). `counted`: the helper served a call that
+        `busy` still counts."""
+        if len(self._idle) + self.busy + (0 if counted else 1) > self.size:
+            helper.kill()
+        else:
+            self._idle.append(helper)
 
     def longest_call(self) -> float:
         """Seconds the longest-running call has run (0 when none runs): a helper that never
@@ -151,7 +177,7 @@ class FliteWorkers:
                     # caller), or failed: replaced.
                     helper.kill()
                     raise
-                self._idle.append(helper)
+                self._keep(helper, counted=True)
                 return
         finally:
             self.busy -= 1
@@ -164,6 +190,8 @@ class FliteWorkers:
         return helper
 
     def close(self) -> None:
+        if self._filling is not None:
+            self._filling.cancel()
         for helper in self._idle:
             helper.kill()
         self._idle.clear()

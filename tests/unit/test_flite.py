@@ -257,7 +257,8 @@ async def test_a_sentence_reaches_a_24khz_caller_in_two_chunks_at_most(spoken_by
         assert 1 <= len(chunks) <= 2
         assert 3.0 < pcm_duration(sum(map(len, chunks)), 24000) < LATER_PIECE_SECONDS
         helpers = engine._helpers
-        assert helpers is not None and helpers.workers._started == (1 if spoken_by == "helper" else 0)
+        # Who spoke it: the helpers' calls so far (they are started at the first request either way).
+        assert helpers is not None and next(helpers.workers._call_ids) == (1 if spoken_by == "helper" else 0)
     finally:
         if busy is not None:
             await busy.aclose()  # type: ignore[attr-defined]
@@ -299,3 +300,35 @@ async def test_what_a_synthesis_thread_sends_while_the_loop_is_busy_arrives_in_o
         assert queue.get_nowait() == "d" and wakes == 2  # the earlier items were taken: a new wake-up
     finally:
         del loop.call_soon_threadsafe
+
+
+async def test_the_first_request_starts_every_helper_ahead_of_need() -> None:
+    engine = FliteEngine(backend="library", overflow_processes=2)
+    try:
+        assert engine._helpers is not None
+        workers = engine._helpers.workers
+        assert workers._started == 0  # nothing runs before the engine is used
+        pieces = [c async for c in engine.synthesize("The first request.")]  # spoken in-process
+        assert any(isinstance(c, bytes) and c for c in pieces)
+        assert workers._filling is not None
+        await workers._filling
+        assert workers._started == 2 and len(workers._idle) == 2  # loaded before any burst needs them
+        # A burst now finds them idle: none is started for it, and none is left over afterwards.
+        await asyncio.gather(*(collect(engine, f"Burst sentence number {n}.") for n in range(4)))
+        assert workers._started == 2 and len(workers._idle) == 2 and workers.busy == 0
+    finally:
+        assert engine._helpers is not None
+        engine._helpers.workers.close()
+
+
+async def test_helpers_never_outnumber_their_limit_when_requests_race_the_prestart() -> None:
+    workers = FliteWorkers(1)
+    try:
+        workers.prestart()  # starting its one helper ...
+        spoken_now = await spoken(workers, "Asked while the helper was starting.")  # ... and this starts its own
+        assert spoken_now[0]
+        assert workers._filling is not None
+        await workers._filling
+        assert len(workers._idle) == 1 and workers.busy == 0  # the extra one was ended, not kept
+    finally:
+        workers.close()
