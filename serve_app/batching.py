@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from serve_app.core.gate import PRIORITY_NEW
+from serve_app.core.gate import PRIORITY_NEW, due_at
 from serve_app.engines.base import EngineBusy, EngineUnavailable, InvalidInput
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class Row(Generic[R]):
     def __init__(self, request: R, sink: Callable[[Item], None], priority: int = PRIORITY_NEW) -> None:
         self.request = request
         self.priority = priority
+        self.due = due_at(priority)  # rows join batches earliest due first (`serve_app.core.gate`)
         self._sink = sink
         self._cancelled = threading.Event()
         self._closed = False
@@ -226,7 +227,7 @@ class Batcher(Generic[R]):
     async def stream(self, request: R, priority: int = PRIORITY_NEW) -> AsyncIterator[bytes]:
         """`request`'s audio: `b""` when it joins a batch, then chunks. Raises the row's error.
 
-        Waiting rows join batches by `priority` (answers already playing first), then arrival."""
+        Waiting rows join batches by when they are due (`priority`: `serve_app.core.gate`), then arrival."""
         self._ensure_dispatcher()
         if self.queued >= self.max_queued:
             self.stats.busy_rejections += 1
@@ -243,7 +244,7 @@ class Batcher(Generic[R]):
             loop.call_soon_threadsafe(items.put_nowait, item)
 
         row: Row[R] = Row(request, sink, priority)
-        later = next((i for i, other in enumerate(self._pending) if other.priority > priority), None)
+        later = next((i for i, other in enumerate(self._pending) if other.due > row.due), None)
         if later is None:
             self._pending.append(row)
         else:

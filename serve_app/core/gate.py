@@ -1,10 +1,18 @@
-"""Who goes first when an engine is full: the sentences of answers already playing, then new answers.
+"""Who goes first when an engine is full: by when each waiting sentence is needed, then arrival.
 
 A new answer that waits too long is refused before its first byte (503, the router's admission
 wait); an answer already playing must never starve, or its listener hears a gap and, past the
-stall budget, the stream is cut. So an engine that queues work serves waiting requests by
-priority, then arrival: `PRIORITY_PLAYING` (a later sentence of an admitted answer) before
-`PRIORITY_NEW` (an answer's first sentence). The router sets it per attempt.
+stall budget, the stream is cut. But a later sentence synthesized ahead (look-ahead) is usually
+not needed for seconds: its listener is still hearing the sentences before it. So a waiting
+request is due at a time, and the earliest due goes first (then arrival):
+- `PRIORITY_PLAYING`: a later sentence its listener is about to need: due at once, before any new
+  answer;
+- `PRIORITY_NEW`: an answer's first sentence: due when it arrives;
+- a priority above 0: a later sentence with that many milliseconds of slack (audio its listener
+  still holds, less a margin): due that much after it arrives, so new answers' first sentences
+  that arrive before then go ahead of it, and later ones behind it (nothing starves).
+The router sets it per attempt (`serve_app.router.core`); a slack travels as a relative time, so
+it means the same in an engine replica on another machine.
 """
 
 from __future__ import annotations
@@ -13,21 +21,30 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import math
+import time
 from collections.abc import AsyncIterator
 
-PRIORITY_PLAYING = 0
-PRIORITY_NEW = 1
+PRIORITY_PLAYING = -1
+PRIORITY_NEW = 0
+
+
+def due_at(priority: int, now: float | None = None) -> float:
+    """When a request of `priority` queued at `now` (time.monotonic()) is due; earliest goes first."""
+    if priority < 0:
+        return -math.inf
+    return (time.monotonic() if now is None else now) + priority / 1000
 
 
 class PriorityGate:
-    """At most `slots` holders at a time; waiters admitted by (priority, arrival)."""
+    """At most `slots` holders at a time; waiters admitted by (when due, arrival)."""
 
     def __init__(self, slots: int) -> None:
         if slots < 1:
             raise ValueError("a gate needs at least one slot")
         self.slots = slots
         self._free = slots
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
 
     @property
@@ -47,7 +64,7 @@ class PriorityGate:
             self._free -= 1
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (priority, next(self._arrivals), future))
+        heapq.heappush(self._waiters, (due_at(priority), next(self._arrivals), future))
         try:
             await future
         except asyncio.CancelledError:

@@ -101,6 +101,11 @@ logger = logging.getLogger(__name__)
 
 # A word counts as heard when the audio read reaches its end, give or take this much.
 _HEARD_SLACK_S = 0.005
+# A later sentence is due this long before its listener runs out of audio: time for its own
+# synthesis under load. And no engine speaks faster than this, so a sentence's length in characters
+# gives a floor on how long it plays before its audio is known (people speak ~15 a second).
+_PLAYBACK_MARGIN_S = 1.0
+_FASTEST_CHARS_PER_S = 25.0
 # How often a sentence waiting for capacity looks again: after a busy answer from an engine's (or
 # Serve's) queue, which frees no slot of ours to wake it; and at most, in case a wake-up is missed.
 _BUSY_POLL_S = 0.1
@@ -138,6 +143,14 @@ class _SentenceJob:
     def push(self, chunk: AudioChunk) -> None:
         self.chunks.append(chunk)
         self.changed.set()
+
+    def plays_at_least_s(self, speed: float) -> float:
+        """How long this sentence plays, at least: its audio when done, else the longer of its
+        audio so far and its length spoken faster than any engine speaks."""
+        produced = sum(pcm_duration(len(c.pcm), self.sample_rate) for c in self.chunks)
+        if self.done:
+            return produced
+        return max(produced, len(self.text) / (_FASTEST_CHARS_PER_S * max(speed, 0.25)))
 
     @property
     def attempt_text(self) -> str:
@@ -210,9 +223,12 @@ class _SentenceJob:
 
 @dataclass
 class _RequestState:
-    """Per-request memory: engines that failed a sentence of this request are tried last."""
+    """Per-request memory: engines that failed a sentence of this request are tried last; when
+    its first audio went out, and its sentences (for when each later one is needed)."""
 
     avoid: set[str] = field(default_factory=set)
+    first_audio_at: float | None = None  # time.monotonic()
+    jobs: list[_SentenceJob] = field(default_factory=list)
 
 
 @dataclass
@@ -412,7 +428,7 @@ class FallbackRouter:
         self.start()
         await self._shared.ready()  # a new router starts from the cluster's breakers (first request only)
         state = _RequestState()
-        jobs: list[_SentenceJob] = []
+        jobs = state.jobs
         arrived = asyncio.Event()
         reading = 0  # the sentence the consumer is on; the feeder starts work up to lookahead past it
         admitted = False  # the first audio is out: from now on this answer's sentences are owed
@@ -452,9 +468,12 @@ class FallbackRouter:
                 async for chunk in self._consume(job, request.timestamps, clock):
                     if not admitted and chunk.pcm:
                         admitted = True
+                        state.first_audio_at = time.monotonic()
                         launch(reading + self.config.lookahead)
                     yield chunk
                 admitted = True  # a first sentence that ended without audio (resumed, or words only)
+                if state.first_audio_at is None:
+                    state.first_audio_at = time.monotonic()
                 clock.offset_s += job.heard_s
                 reading += 1
         finally:
@@ -553,7 +572,7 @@ class FallbackRouter:
                         start_by = min(queue_deadline, loop.time() + self.config.admission_wait_s / 2)
                     await self._attempt(
                         name, job.attempt_text, request, sink, on_mark=job.mark, start_by=start_by,
-                        priority=PRIORITY_PLAYING if owed else PRIORITY_NEW,
+                        priority=self._queue_priority(job, request, state) if owed else PRIORITY_NEW,
                     )
                 except (InvalidInput, asyncio.CancelledError):
                     raise
@@ -610,6 +629,18 @@ class FallbackRouter:
         backing_off = [name for name in closed if name in busy]
         last_resort = [name for name in deployed if name not in closed]
         return fresh + failed_here + backing_off + last_resort
+
+    @staticmethod
+    def _queue_priority(job: _SentenceJob, request: SpeechRequest, state: _RequestState) -> int:
+        """Where a later sentence waits in a queueing engine (`serve_app.core.gate`): due when its
+        listener will have heard every sentence before it, less `_PLAYBACK_MARGIN_S` for its own
+        synthesis. Until then, new answers' first sentences go ahead of it, so look-ahead work of
+        answers already playing does not delay other answers' first audio."""
+        if state.first_audio_at is None:
+            return PRIORITY_PLAYING
+        before = sum(other.plays_at_least_s(request.speed) for other in state.jobs[: job.index])
+        slack = state.first_audio_at + before - time.monotonic() - _PLAYBACK_MARGIN_S
+        return PRIORITY_PLAYING if slack <= 0 else int(slack * 1000)
 
     def _acquire_next(
         self, request: SpeechRequest, state: _RequestState, tried: set[str], busy_noted: set[str], *, defer: bool

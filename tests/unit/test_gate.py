@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
-from serve_app.core.gate import PRIORITY_NEW, PRIORITY_PLAYING, PriorityGate
+from serve_app.core.gate import PRIORITY_NEW, PRIORITY_PLAYING, PriorityGate, due_at
 
 
 async def test_waiters_enter_by_priority_then_arrival() -> None:
@@ -69,3 +70,36 @@ async def test_a_waiter_that_leaves_is_skipped_and_slots_are_not_lost() -> None:
 def test_a_gate_needs_a_slot() -> None:
     with pytest.raises(ValueError):
         PriorityGate(0)
+
+
+async def test_a_sentence_with_slack_waits_behind_new_answers_until_it_is_due() -> None:
+    gate = PriorityGate(1)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with gate.hold():
+            await release.wait()
+
+    async def waiter(name: str, priority: int) -> None:
+        async with gate.hold(priority):
+            order.append(name)
+
+    first = asyncio.create_task(holder())
+    await asyncio.sleep(0)
+    ahead = asyncio.create_task(waiter("look-ahead", 100))  # its listener holds 100 ms more than the margin
+    await asyncio.sleep(0)
+    soon = asyncio.create_task(waiter("new-before-due", PRIORITY_NEW))
+    await asyncio.sleep(0.2)  # past the look-ahead sentence's due time
+    late = asyncio.create_task(waiter("new-after-due", PRIORITY_NEW))
+    urgent = asyncio.create_task(waiter("playing-now", PRIORITY_PLAYING))
+    await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.gather(first, ahead, soon, late, urgent)
+    assert order == ["playing-now", "new-before-due", "look-ahead", "new-after-due"]
+
+
+def test_due_times() -> None:
+    assert due_at(PRIORITY_PLAYING, 10.0) == -math.inf
+    assert due_at(PRIORITY_NEW, 10.0) == 10.0
+    assert due_at(1500, 10.0) == 11.5

@@ -579,3 +579,32 @@ def test_thousands_of_busy_answers_in_a_row_keep_the_wait_at_its_ceiling() -> No
     slot.started()
     slot.busy_answer(200.0)
     assert slot.busy_until == 200.0 + BUSY_BACKOFF_S
+
+
+def test_a_later_sentence_is_due_when_its_listener_will_have_heard_the_ones_before_it() -> None:
+    import time
+
+    from serve_app.router.core import _PLAYBACK_MARGIN_S, AudioChunk, _RequestState, _SentenceJob
+
+    rate = 16000
+    request = SpeechRequest("x", sample_rate=rate)
+    state = _RequestState()
+    first = _SentenceJob(0, "Three seconds of audio, done.", rate)
+    first.push(AudioChunk(b"\0\0" * rate * 3, "flite", 0))
+    first.finish()
+    second = _SentenceJob(1, "A" * 100, rate)  # not spoken yet: plays at least 100 / 25 = 4 s
+    third = _SentenceJob(2, "Third.", rate)
+    state.jobs.extend([first, second, third])
+    # Before any audio went out, a later sentence is owed at once.
+    assert FallbackRouter._queue_priority(second, request, state) == PRIORITY_PLAYING
+    state.first_audio_at = time.monotonic()
+    slack_second = FallbackRouter._queue_priority(second, request, state)
+    assert abs(slack_second - (3.0 - _PLAYBACK_MARGIN_S) * 1000) < 100
+    slack_third = FallbackRouter._queue_priority(third, request, state)
+    assert abs(slack_third - (3.0 + 4.0 - _PLAYBACK_MARGIN_S) * 1000) < 100
+    # Twice as fast, the unspoken sentence's floor halves.
+    fast = SpeechRequest("x", sample_rate=rate, speed=2.0)
+    assert abs(FallbackRouter._queue_priority(third, fast, state) - (3.0 + 2.0 - _PLAYBACK_MARGIN_S) * 1000) < 100
+    # Its listener has heard it all: due at once.
+    state.first_audio_at = time.monotonic() - 10.0
+    assert FallbackRouter._queue_priority(third, request, state) == PRIORITY_PLAYING
