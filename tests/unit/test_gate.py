@@ -10,33 +10,47 @@ import pytest
 from serve_app.core.gate import PRIORITY_NEW, PRIORITY_PLAYING, PriorityGate, due_at
 
 
+class HeldGate:
+    """A one-slot gate taken by a holder, and waiters that record the order in which they enter."""
+
+    def __init__(self) -> None:
+        self.gate = PriorityGate(1)
+        self.order: list[str] = []
+        self._release = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def hold(self) -> None:
+        self._tasks.append(asyncio.create_task(self._holder()))
+        await asyncio.sleep(0)
+
+    def wait(self, name: str, priority: int) -> None:
+        self._tasks.append(asyncio.create_task(self._waiter(name, priority)))
+
+    async def release(self) -> list[str]:
+        self._release.set()
+        await asyncio.gather(*self._tasks)
+        return self.order
+
+    async def _holder(self) -> None:
+        async with self.gate.hold():
+            await self._release.wait()
+
+    async def _waiter(self, name: str, priority: int) -> None:
+        async with self.gate.hold(priority):
+            self.order.append(name)
+
+
 async def test_waiters_enter_by_priority_then_arrival() -> None:
-    gate = PriorityGate(1)
-    order: list[str] = []
-    release = asyncio.Event()
-
-    async def holder() -> None:
-        async with gate.hold():
-            await release.wait()
-
-    async def waiter(name: str, priority: int) -> None:
-        async with gate.hold(priority):
-            order.append(name)
-
-    first = asyncio.create_task(holder())
-    await asyncio.sleep(0)
-    tasks = [
-        asyncio.create_task(waiter("new-1", PRIORITY_NEW)),
-        asyncio.create_task(waiter("playing-1", PRIORITY_PLAYING)),
-        asyncio.create_task(waiter("new-2", PRIORITY_NEW)),
-        asyncio.create_task(waiter("playing-2", PRIORITY_PLAYING)),
-    ]
+    held = HeldGate()
+    await held.hold()
+    held.wait("new-1", PRIORITY_NEW)
+    held.wait("playing-1", PRIORITY_PLAYING)
+    held.wait("new-2", PRIORITY_NEW)
+    held.wait("playing-2", PRIORITY_PLAYING)
     await asyncio.sleep(0.01)
-    assert gate.waiting == 4 and order == []
-    release.set()
-    await asyncio.gather(first, *tasks)
-    assert order == ["playing-1", "playing-2", "new-1", "new-2"]
-    assert gate.waiting == 0
+    assert held.gate.waiting == 4 and held.order == []
+    assert await held.release() == ["playing-1", "playing-2", "new-1", "new-2"]
+    assert held.gate.waiting == 0
 
 
 async def test_a_waiter_that_leaves_is_skipped_and_slots_are_not_lost() -> None:
@@ -73,30 +87,16 @@ def test_a_gate_needs_a_slot() -> None:
 
 
 async def test_a_sentence_with_slack_waits_behind_new_answers_until_it_is_due() -> None:
-    gate = PriorityGate(1)
-    order: list[str] = []
-    release = asyncio.Event()
-
-    async def holder() -> None:
-        async with gate.hold():
-            await release.wait()
-
-    async def waiter(name: str, priority: int) -> None:
-        async with gate.hold(priority):
-            order.append(name)
-
-    first = asyncio.create_task(holder())
+    held = HeldGate()
+    await held.hold()
+    held.wait("look-ahead", 100)  # its listener holds 100 ms more than the margin
     await asyncio.sleep(0)
-    ahead = asyncio.create_task(waiter("look-ahead", 100))  # its listener holds 100 ms more than the margin
-    await asyncio.sleep(0)
-    soon = asyncio.create_task(waiter("new-before-due", PRIORITY_NEW))
+    held.wait("new-before-due", PRIORITY_NEW)
     await asyncio.sleep(0.2)  # past the look-ahead sentence's due time
-    late = asyncio.create_task(waiter("new-after-due", PRIORITY_NEW))
-    urgent = asyncio.create_task(waiter("playing-now", PRIORITY_PLAYING))
+    held.wait("new-after-due", PRIORITY_NEW)
+    held.wait("playing-now", PRIORITY_PLAYING)
     await asyncio.sleep(0.01)
-    release.set()
-    await asyncio.gather(first, ahead, soon, late, urgent)
-    assert order == ["playing-now", "new-before-due", "look-ahead", "new-after-due"]
+    assert await held.release() == ["playing-now", "new-before-due", "look-ahead", "new-after-due"]
 
 
 def test_due_times() -> None:
