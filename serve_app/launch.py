@@ -214,15 +214,36 @@ def load_config(path: str | Path = DEFAULT_CONFIG, *, port: int | None = None, h
     return ServeDeploySchema.model_validate(raw)
 
 
-def deploy_config(config: Any, *, timeout_s: float = 180.0) -> str:
-    """Start Serve with the config's HTTP options, deploy its applications, wait until RUNNING."""
+def start_serve(config: Any) -> Any:
+    """Serve's controller client, started with the config's HTTP and controller options.
+
+    The controller replaces a proxy that is not ready within three readiness checks (5 s each),
+    and `serve_start` then fails with the first proxy's death although the controller is up and
+    starting another. On a loaded machine (seen in CI: three private clusters starting at once on
+    2 cores) that ended the launcher. Asking again connects to the running controller; the
+    application then waits in `wait_running`, and its proxy comes up behind it.
+    """
+    import ray.exceptions
     from ray.serve._private import api as serve_api
 
-    client = serve_api.serve_start(
-        http_options=config.http_options.model_dump(),
-        proxy_location=config.proxy_location,
-        controller_options=config.controller_options,
-    )
+    for attempt in (1, 2):
+        try:
+            return serve_api.serve_start(
+                http_options=config.http_options.model_dump(),
+                proxy_location=config.proxy_location,
+                controller_options=config.controller_options,
+            )
+        except ray.exceptions.ActorDiedError as exc:
+            if attempt == 2:
+                raise
+            logger.warning("a Serve proxy was replaced while starting (%s); connecting to the controller again",
+                           type(exc).__name__)
+    raise AssertionError("unreachable")
+
+
+def deploy_config(config: Any, *, timeout_s: float = 180.0) -> str:
+    """Start Serve with the config's HTTP options, deploy its applications, wait until RUNNING."""
+    client = start_serve(config)
     client.deploy_apps(config, _blocking=False)
     names = [app.name for app in config.applications]
     wait_running(names, timeout_s=timeout_s)

@@ -102,3 +102,38 @@ def test_a_port_is_never_handed_out_twice_by_one_process(monkeypatch: pytest.Mon
     monkeypatch.setattr(launch.random, "sample", lambda population, k: list(population)[:k])
     ports = [launch.free_port() for _ in range(50)]
     assert len(set(ports)) == len(ports), ports
+
+
+def test_a_proxy_replaced_while_serve_starts_does_not_end_the_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Serve's controller kills a proxy that is slow to become ready and starts another; serve_start
+    # then raises the first proxy's death. Asking again connects to the controller that is running.
+    import ray.exceptions
+    from ray.serve._private import api as serve_api
+
+    from serve_app.launch import load_config, start_serve
+
+    calls: list[dict[str, object]] = []
+    client = object()
+
+    def serve_start(**options: object) -> object:
+        calls.append(options)
+        if len(calls) == 1:
+            raise ray.exceptions.ActorDiedError()
+        return client
+
+    monkeypatch.setattr(serve_api, "serve_start", serve_start)
+    config = load_config("serve_config.yaml")
+    assert start_serve(config) is client
+    assert len(calls) == 2 and calls[0] == calls[1]
+    assert calls[0]["controller_options"] == config.controller_options
+
+    calls.clear()
+
+    def always_dies(**options: object) -> object:
+        calls.append(options)
+        raise ray.exceptions.ActorDiedError()
+
+    monkeypatch.setattr(serve_api, "serve_start", always_dies)
+    with pytest.raises(ray.exceptions.ActorDiedError):
+        start_serve(config)
+    assert len(calls) == 2  # once more, not forever
