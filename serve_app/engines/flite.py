@@ -486,8 +486,8 @@ class FliteHelpers:
         self.workers = workers
 
     async def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[FlitePiece]:
-        yield STARTED  # only chosen while a helper is idle: the work begins now
-        async for piece in self.workers.stream(text, voice, speed):
+        # `STARTED` (b"") once a helper has the request: a helper still starting is queueing.
+        async for piece in self.workers.stream(text, voice, speed, announce=True):
             yield piece
 
 

@@ -153,14 +153,22 @@ class FliteWorkers:
     def free(self) -> bool:
         return self.busy < self.size
 
-    async def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[tuple[int, bytes] | WordMark]:
-        """Word marks and (rate, pcm) pieces of `text` from an idle helper (one is started if none is)."""
+    async def stream(
+        self, text: str, voice: str, speed: float, *, announce: bool = False
+    ) -> AsyncIterator[tuple[int, bytes] | WordMark | bytes]:
+        """Word marks and (rate, pcm) pieces of `text` from an idle helper (one is started if none is).
+
+        `announce`: first `b""` once a helper has the request. Starting a helper takes a second or
+        more on a loaded machine; that is waiting, not the engine's first-byte time (a start that
+        counted as such failed a sentence with FirstByteTimeout while three clusters started)."""
         self.busy += 1
         call = next(self._call_ids)
         self._calls[call] = time.monotonic()
         try:
             for attempt in (1, 2):
                 helper = self._idle.pop() if self._idle else await self._start()
+                if announce and attempt == 1:
+                    yield b""
                 replied = False
                 try:
                     async for piece in helper.stream((text, voice, speed)):

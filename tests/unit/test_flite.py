@@ -12,7 +12,7 @@ from serve_app.core.audio import pcm_duration, rms_level
 from serve_app.core.timing import WordMark
 from serve_app.engines import registry
 from serve_app.engines.base import EngineUnavailable, InvalidInput
-from serve_app.engines.flite import LATER_PIECE_SECONDS, FliteBinary, FliteEngine, FliteLibrary, _Mailbox
+from serve_app.engines.flite import LATER_PIECE_SECONDS, FliteBinary, FliteEngine, FliteHelpers, FliteLibrary, _Mailbox
 from serve_app.engines.flite_worker import FliteWorkers
 from serve_app.ingress import hosted_engines_problem
 from serve_app.router import FallbackRouter, RouterConfig, SpeechRequest
@@ -330,5 +330,18 @@ async def test_helpers_never_outnumber_their_limit_when_requests_race_the_presta
         assert workers._filling is not None
         await workers._filling
         assert len(workers._idle) == 1 and workers.busy == 0  # the extra one was ended, not kept
+    finally:
+        workers.close()
+
+
+async def test_a_helper_backend_says_started_only_once_a_helper_has_the_request() -> None:
+    # Starting a helper is waiting (busy, never a strike), not the engine's first-byte time.
+    workers = FliteWorkers(1)
+    try:
+        stream = FliteHelpers(workers).stream("Hello from a new helper.", "slt", 1.0)
+        assert await stream.__anext__() == b""
+        assert workers._started == 1  # the helper process was running before the start was said
+        rest = [piece async for piece in stream]
+        assert any(isinstance(piece, tuple) and piece[1] for piece in rest)
     finally:
         workers.close()
