@@ -118,6 +118,11 @@ class FliteWorkers:
         self._calls: dict[int, float] = {}  # running calls: when each began
         self._call_ids = itertools.count()
         self._filling: asyncio.Future[None] | None = None
+        # One process start at a time: the background fill and a request may both start a helper.
+        # A test run crashed once (a segfault) while two starts overlapped in worker threads; the
+        # cause is not known, and serialising the `Popen` calls costs nothing measurable (the
+        # child's own start, the slow part, is not held).
+        self._spawning: asyncio.Lock | None = None
 
     def prestart(self) -> None:
         """Start every helper now, in the background (the engine calls this at its first request).
@@ -192,7 +197,10 @@ class FliteWorkers:
             del self._calls[call]
 
     async def _start(self) -> _Helper:
-        helper = await _Helper.start(self.library)
+        if self._spawning is None:
+            self._spawning = asyncio.Lock()
+        async with self._spawning:
+            helper = await _Helper.start(self.library)
         self._started += 1
         logger.debug("flite helper %d started (pid %s)", self._started, helper.proc.pid)
         return helper
