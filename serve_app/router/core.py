@@ -540,6 +540,10 @@ class FallbackRouter:
             # A new request: an engine must start its first sentence this soon, or 503.
             queue_deadline = None if owed else loop.time() + self.config.admission_wait_s
             while True:
+                if not owed and job.chunks:
+                    # Audio of this sentence went out before its engine failed: the answer is
+                    # playing, so the rest of the sentence is owed (waits, never refused as busy).
+                    owed, queue_deadline = True, None
                 name, full = self._acquire_next(request, state, tried, busy_noted, defer=not owed and self._owed > 0)
                 if name is None:
                     if not (full or busy_again):
