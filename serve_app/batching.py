@@ -62,7 +62,6 @@ class Row(Generic[R]):
 
     def __init__(self, request: R, sink: Callable[[Item], None], priority: int = PRIORITY_NEW) -> None:
         self.request = request
-        self.priority = priority
         self.due = due_at(priority)  # rows join batches earliest due first (`serve_app.core.gate`)
         self._sink = sink
         self._cancelled = threading.Event()

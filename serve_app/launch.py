@@ -226,19 +226,19 @@ def start_serve(config: Any) -> Any:
     import ray.exceptions
     from ray.serve._private import api as serve_api
 
-    for attempt in (1, 2):
-        try:
-            return serve_api.serve_start(
-                http_options=config.http_options.model_dump(),
-                proxy_location=config.proxy_location,
-                controller_options=config.controller_options,
-            )
-        except ray.exceptions.ActorDiedError as exc:
-            if attempt == 2:
-                raise
-            logger.warning("a Serve proxy was replaced while starting (%s); connecting to the controller again",
-                           type(exc).__name__)
-    raise AssertionError("unreachable")
+    def start() -> Any:
+        return serve_api.serve_start(
+            http_options=config.http_options.model_dump(),
+            proxy_location=config.proxy_location,
+            controller_options=config.controller_options,
+        )
+
+    try:
+        return start()
+    except ray.exceptions.ActorDiedError as exc:
+        logger.warning("a Serve proxy was replaced while starting (%s); connecting to the controller again",
+                       type(exc).__name__)
+        return start()
 
 
 def deploy_config(config: Any, *, timeout_s: float = 180.0) -> str:

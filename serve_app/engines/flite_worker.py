@@ -122,7 +122,7 @@ class FliteWorkers:
         # A test run crashed once (a segfault) while two starts overlapped in worker threads; the
         # cause is not known, and serialising the `Popen` calls costs nothing measurable (the
         # child's own start, the slow part, is not held).
-        self._spawning: asyncio.Lock | None = None
+        self._spawning = asyncio.Lock()
 
     def prestart(self) -> None:
         """Start every helper now, in the background (the engine calls this at its first request).
@@ -197,8 +197,6 @@ class FliteWorkers:
             del self._calls[call]
 
     async def _start(self) -> _Helper:
-        if self._spawning is None:
-            self._spawning = asyncio.Lock()
         async with self._spawning:
             helper = await _Helper.start(self.library)
         self._started += 1

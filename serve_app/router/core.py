@@ -144,13 +144,17 @@ class _SentenceJob:
         self.chunks.append(chunk)
         self.changed.set()
 
+    @property
+    def audio_s(self) -> float:
+        """Seconds of audio in `chunks`."""
+        return sum(pcm_duration(len(c.pcm), self.sample_rate) for c in self.chunks)
+
     def plays_at_least_s(self, speed: float) -> float:
         """How long this sentence plays, at least: its audio when done, else the longer of its
         audio so far and its length spoken faster than any engine speaks."""
-        produced = sum(pcm_duration(len(c.pcm), self.sample_rate) for c in self.chunks)
         if self.done:
-            return produced
-        return max(produced, len(self.text) / (_FASTEST_CHARS_PER_S * max(speed, 0.25)))
+            return self.audio_s
+        return max(self.audio_s, len(self.text) / (_FASTEST_CHARS_PER_S * max(speed, 0.25)))
 
     @property
     def attempt_text(self) -> str:
@@ -158,7 +162,7 @@ class _SentenceJob:
 
     def begin_attempt(self) -> None:
         """A new engine starts where the audio so far ends (all of it heard: see `restart`)."""
-        self.attempt_base_s = sum(pcm_duration(len(c.pcm), self.sample_rate) for c in self.chunks)
+        self.attempt_base_s = self.audio_s
         self.attempt_first_chunk = len(self.chunks)
         self.attempt_first_word = len(self.words)
         self.attempt_marked = False
