@@ -29,7 +29,9 @@ What it does, and why:
   sentence again from its start (audio of the failed attempt that the caller has not read yet is
   discarded either way). No sentence is ever dropped: it is spoken in full by some engine or the
   request ends with `AllEnginesFailed` (the ingress answers 503 before the first byte, and aborts
-  the chunked response after it).
+  the chunked response after it). A sentence of an answer already playing that every engine failed
+  goes round the engines whose breakers are still closed once more before that (`_OWED_ATTEMPTS`):
+  one timeout of the only engine on a starved machine must not cut an answer being heard.
 - Text can arrive while audio leaves (`stream`: the realtime WebSocket): sentences join the
   request as they are completed and get the same look-ahead; closing the stream (a barge-in)
   cancels every sentence in flight, which cancels the engines' work through their handles.
@@ -110,6 +112,11 @@ _FASTEST_CHARS_PER_S = 25.0
 # Serve's) queue, which frees no slot of ours to wake it; and at most, in case a wake-up is missed.
 _BUSY_POLL_S = 0.1
 _OWED_POLL_S = 1.0
+# An owed sentence (its answer is playing) that every engine has failed gives each engine whose
+# breaker is still closed another try, up to this many attempts in all: a one-off failure (a
+# timeout on a starved machine, a crashed worker process) of the only engine left must not cut an
+# answer the listener is already hearing. The breaker still opens after `max_strikes` in a row.
+_OWED_ATTEMPTS = 2
 
 
 @dataclass
@@ -536,6 +543,7 @@ class FallbackRouter:
         busy_again: set[str] = set()  # engines that answered busy: tried again once capacity may be back
         tried: set[str] = set()
         busy_noted: set[str] = set()
+        failures: dict[str, int] = {}  # attempts of this sentence each engine has failed
         previous: tuple[str, str] | None = None
         owed = job.index > 0  # the request is admitted: its later sentences wait, never fail, when busy
         loop = asyncio.get_running_loop()
@@ -551,7 +559,15 @@ class FallbackRouter:
                 name, full = self._acquire_next(request, state, tried, busy_noted, defer=not owed and self._owed > 0)
                 if name is None:
                     if not (full or busy_again):
-                        break  # every engine failed this sentence (or none is deployed)
+                        again = self._worth_another_try(request, failures) if owed else set()
+                        if not again:
+                            break  # every engine failed this sentence (or none is deployed)
+                        logger.info(
+                            "sentence %d%s is owed and every engine failed it; trying %s again",
+                            job.index + 1, _of(total), ", ".join(sorted(again)),
+                        )
+                        tried -= again
+                        continue
                     remaining: float | None = None
                     if queue_deadline is not None:
                         remaining = queue_deadline - loop.time()
@@ -592,6 +608,7 @@ class FallbackRouter:
                     continue
                 except Exception as exc:
                     heard, complete = job.restart()
+                    failures[name] = failures.get(name, 0) + 1
                     errors.append(f"{name}: {reason_of(exc)}")
                     state.avoid.add(name)
                     previous = (name, _outcome(exc))
@@ -623,6 +640,15 @@ class FallbackRouter:
             raise
         except BaseException as exc:  # handed to the consumer, which raises it in order
             job.finish(exc)
+
+    def _worth_another_try(self, request: SpeechRequest, failures: dict[str, int]) -> set[str]:
+        """Engines that failed an owed sentence fewer than `_OWED_ATTEMPTS` times and may still
+        take traffic (breaker closed, or pinned by the request)."""
+        return {
+            name for name, count in failures.items()
+            if count < _OWED_ATTEMPTS
+            and (name == request.engine or self._slots[name].breaker.allows_traffic())
+        }
 
     def _order(self, request: SpeechRequest, state: _RequestState) -> list[str]:
         """Engines for the next attempt, best first (see the module docstring for the rules)."""

@@ -56,6 +56,9 @@ class FaultPlan:
     # Yield a `WordMark` for each whitespace-separated word (the sentence's time shared evenly),
     # just before the chunk in which it starts, like an engine with real alignment.
     word_marks: bool = False
+    # Misbehave on this many attempts (matching `fail_text`) after the plan was set, then speak:
+    # a one-off fault, such as a timeout on a starved machine. None: every attempt.
+    times: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -224,6 +227,15 @@ class FaultyEngine(Engine):
     def __init__(self, name: str = "faulty", control: FaultControl | None = None) -> None:
         self.name = name
         self.control: FaultControl = control or LocalControl()
+        self._faults: tuple[FaultPlan, int] | None = None  # the plan `times` counts for, and the count
+
+    def _misbehaves(self, plan: FaultPlan, mode: str) -> bool:
+        """Whether this attempt follows the plan's fault, counting attempts against `times`."""
+        if mode == "ok" or plan.times is None:
+            return mode != "ok"
+        seen, count = self._faults if self._faults is not None and self._faults[0] == plan else (plan, 0)
+        self._faults = (seen, count + 1)
+        return count < plan.times
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FaultyEngine:
@@ -238,6 +250,8 @@ class FaultyEngine(Engine):
     ) -> AsyncIterator[bytes | WordMark]:
         plan, elapsed = await self.control.plan()
         mode = plan.mode_for(text, elapsed)
+        if not self._misbehaves(plan, mode):
+            mode = "ok"
         await self.control.record(text, "start")
         if mode == "invalid":
             raise InvalidInput("injected caller error")

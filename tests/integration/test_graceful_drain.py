@@ -166,10 +166,13 @@ def wait_draining(launcher: Launcher) -> None:
 
 def test_sigterm_drains_streams_in_flight_then_exits_zero(launchers: dict[str, Launcher]) -> None:
     launcher = ready(launchers["graceful"])
-    full = httpx.post(f"{launcher.url}/v1/audio/speech", json=SPEECH, timeout=120)
+    try:
+        full = httpx.post(f"{launcher.url}/v1/audio/speech", json=SPEECH, timeout=120)
+    except httpx.HTTPError as exc:  # the service's log says why the stream ended
+        raise AssertionError(f"{type(exc).__name__}: {exc}\n{launcher.log_tail()}") from exc
     assert full.status_code == 200 and len(full.content) > 0
     streams = [Stream(launcher.url).start() for _ in range(3)]
-    assert all(s.error is None for s in streams), [s.error for s in streams]
+    assert all(s.error is None for s in streams), ([s.error for s in streams], launcher.log_tail())
 
     os.kill(launcher.proc.pid, signal.SIGTERM)  # the launcher only: Ray's processes would die of it
     wait_draining(launcher)
@@ -181,7 +184,7 @@ def test_sigterm_drains_streams_in_flight_then_exits_zero(launchers: dict[str, L
 
     for stream in streams:
         stream.join()
-    assert [(s.error, s.size) for s in streams] == [(None, len(full.content))] * 3
+    assert [(s.error, s.size) for s in streams] == [(None, len(full.content))] * 3, launcher.log_tail()
     assert launcher.proc.wait(timeout=EXIT_LIMIT_S) == 0, launcher.log_tail()
     log = launcher.log_tail()
     assert "SIGTERM: draining for up to 30s" in log  # the Ingress graceful_shutdown_timeout_s

@@ -185,6 +185,68 @@ async def test_failure_after_audio_ends_the_stream_with_an_error(rig: Rig) -> No
         async for chunk in rig.router.synthesize(SpeechRequest("Fine start. Doomed end.", sample_rate=SAMPLE_RATE)):
             received.extend(chunk.pcm)
     assert [r.token for r in decode_runs(bytes(received))] == [token_for("Fine start.")]
+    # Owed, so each engine got a second try before the answer ended.
+    assert [rig.controls[n].calls("Doomed end.") for n in CHAIN] == [2, 2, 2]
+
+
+async def test_an_engine_failing_a_playing_answers_sentence_once_gets_another_try() -> None:
+    # The only engine (pinned) times out once on the second sentence, as a starved machine can make
+    # it: the listener is hearing the first sentence, so the answer is owed and goes on.
+    rig = Rig(lookahead=0)
+    try:
+        rig.plan("flite", mode="hang", fail_text="Two", times=1)
+        runs = await rig.speak("One apple. Two pears. Three plums.", engine="flite")
+        assert_complete(runs, "One apple. Two pears. Three plums.")
+        assert {r.code for r in runs} == {2}
+        assert rig.controls["flite"].calls("Two pears.") == 2
+        breaker = rig.router.breaker("flite")
+        assert breaker.state is BreakerState.CLOSED and breaker.strikes == 0  # the retry's success reset it
+        assert (breaker.last_error or "").startswith("FirstByteTimeout")
+    finally:
+        await rig.router.aclose()
+
+
+async def test_every_engine_failing_a_playing_answers_sentence_once_goes_round_the_chain_again() -> None:
+    rig = Rig(lookahead=0)
+    try:
+        for name in CHAIN:
+            rig.plan(name, mode="error", fail_text="Two", times=1)
+        runs = await rig.speak("One apple. Two pears.")
+        assert_complete(runs, "One apple. Two pears.")
+        assert [r.code for r in runs] == [0, 0]  # the chain's first engine, on its second try
+        assert [rig.controls[n].calls("Two pears.") for n in CHAIN] == [2, 1, 1]
+    finally:
+        await rig.router.aclose()
+
+
+async def test_a_new_answers_first_sentence_gets_no_second_try(rig: Rig) -> None:
+    # Nothing was heard: a 503 before the first byte loses nothing, and the client may retry.
+    for name in CHAIN:
+        rig.plan(name, mode="error", times=1)
+    with pytest.raises(AllEnginesFailed):
+        await rig.speak("Nobody is listening yet.")
+    assert [rig.controls[n].calls() for n in CHAIN] == [1, 1, 1]
+
+
+async def test_a_first_sentence_cut_after_audio_waits_for_a_full_engine_past_the_admission_wait() -> None:
+    # Zonos sends one chunk of "One apple." and fails 0.4 s in, past the 0.3 s admission wait;
+    # edge and flite are both held by other answers then. Audio is out, so the rest of the
+    # sentence is owed: it waits for a slot instead of ending the answer as busy.
+    rig = Rig(engine_concurrency=1, ttfb_timeout_s=2.0, stall_timeout_s=2.0)
+    try:
+        rig.plan("zonos", mode="partial", fail_text="One", chunk_delay_s=0.4)
+        for name in ("edge", "flite"):
+            rig.plan(name, chunk_delay_s=0.3)
+        blockers = [asyncio.create_task(rig.speak(f"Blocker {n}.", engine=n)) for n in ("edge", "flite")]
+        await eventually(lambda: all(rig.controls[n].calls() == 1 for n in ("edge", "flite")))
+        runs = await rig.speak("One apple.")
+        assert_complete(runs, "One apple.")
+        assert (runs[0].code, runs[0].samples < FULL) == (0, True)
+        assert runs[-1].code in (1, 2)
+        await asyncio.gather(*blockers)
+        assert all(rig.router.breaker(n).total_strikes == 0 for n in ("edge", "flite"))
+    finally:
+        await rig.router.aclose()
 
 
 async def test_last_resort_tries_open_engines_when_every_breaker_is_open(rig: Rig) -> None:
