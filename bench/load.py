@@ -75,7 +75,12 @@ class LoadConfig:
     app_name: str = "tts"
     ray_address: str | None = None
     quiet: bool = False
-    unloaded_samples: int = 10  # sequential utterances before the load: the reference first-byte time
+    # Sequential utterances before the load: the reference first-byte time. The default speaks the
+    # built-in set once, so the reference has the load's own mix of sentence lengths.
+    unloaded_samples: int = 20
+    # Utterances spoken first and not counted (the service's first requests start work, such as
+    # Flite's helper processes, that would slow the reference's first samples and flatter the ratio).
+    unloaded_warmup: int = 3
 
     def effective_ramp_up(self) -> float:
         """Sessions start spread over this many seconds (a burst of 100 creates is not a call centre)."""
@@ -323,6 +328,10 @@ def _memory_section(
 async def _unloaded_ttfb(http: httpx.AsyncClient, config: LoadConfig) -> list[float]:
     """First-byte times of utterances spoken one at a time, before any load (kept apart from the run's)."""
     alone = ServiceClient(http, Recorder(), voice=config.voice, model=config.model)
+    for i in range(config.unloaded_warmup):
+        await alone.speak(config.utterances[i % len(config.utterances)], None)
+    if config.unloaded_warmup:
+        await asyncio.sleep(2.0)  # what the first requests started in the background settles
     times: list[float] = []
     for i in range(config.unloaded_samples):
         call = await alone.speak(config.utterances[i % len(config.utterances)], None)

@@ -13,6 +13,11 @@ request is due at a time, and the earliest due goes first (then arrival):
   that arrive before then go ahead of it, and later ones behind it (nothing starves).
 The router sets it per attempt (`serve_app.router.core`); a slack travels as a relative time, so
 it means the same in an engine replica on another machine.
+
+A gate may keep `reserve` slots for work that is due: a sentence not due yet takes a slot only
+while more than `reserve` are free, and otherwise waits until it is due (or until more slots are
+free). Look-ahead work then never holds every slot when a new answer arrives, so the new answer's
+first sentence starts at once instead of waiting for a whole sentence to finish somewhere.
 """
 
 from __future__ import annotations
@@ -37,12 +42,16 @@ def due_at(priority: int, now: float | None = None) -> float:
 
 
 class PriorityGate:
-    """At most `slots` holders at a time; waiters admitted by (when due, arrival)."""
+    """At most `slots` holders at a time; waiters admitted by (when due, arrival), and the last
+    `reserve` free slots only to waiters that are due."""
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, *, reserve: int = 0) -> None:
         if slots < 1:
             raise ValueError("a gate needs at least one slot")
+        if not 0 <= reserve < slots:
+            raise ValueError("a gate reserves fewer slots than it has")
         self.slots = slots
+        self.reserve = reserve
         self._free = slots
         self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
@@ -60,22 +69,40 @@ class PriorityGate:
             self._release()
 
     async def _acquire(self, priority: int) -> None:
-        if self._free > 0 and not self.waiting:
-            self._free -= 1
-            return
+        due = due_at(priority)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (due_at(priority), next(self._arrivals), future))
+        heapq.heappush(self._waiters, (due, next(self._arrivals), future))
+        self._dispatch()
+        if future.done():
+            return
+        loop = asyncio.get_running_loop()
+        # Not due yet, and held back only by the reserve: look again when it falls due.
+        timer = loop.call_later(due - time.monotonic(), self._dispatch) if due > time.monotonic() else None
         try:
             await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self._release()  # the slot came just as the caller left: hand it on
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def _release(self) -> None:
-        while self._waiters:
-            _, _, future = heapq.heappop(self._waiters)
-            if not future.done():  # a waiter that left is skipped
-                future.set_result(None)
-                return
         self._free += 1
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand free slots to waiters, earliest due first; one not due yet leaves the reserve free
+        (and so does every waiter behind it, none of which is due earlier)."""
+        now = time.monotonic()
+        while self._free > 0 and self._waiters:
+            due, _, future = self._waiters[0]
+            if future.done():  # a waiter that left is skipped
+                heapq.heappop(self._waiters)
+                continue
+            if due > now and self._free <= self.reserve:
+                return
+            heapq.heappop(self._waiters)
+            self._free -= 1
+            future.set_result(None)

@@ -95,6 +95,10 @@ class FliteSettings(EngineSettings):
     # requests are spoken at once by long-lived helper processes, so a replica uses every core.
     # Empty: one per CPU core of the machine; 0: requests wait for libflite instead.
     overflow_processes: int | None = Field(None, ge=0)
+    # Synthesis slots kept for sentences that are due (new answers' first sentences, and sentences
+    # their listeners are about to need): look-ahead work with slack leaves them free, so a new
+    # answer starts at once instead of waiting for a whole sentence. Used only with helpers.
+    reserved_slots: int = Field(1, ge=0)
     # A sentence takes libflite well under a second; one running this long is hung, and the
     # replica's health check fails so that Serve replaces it.
     hang_timeout_s: float = Field(30.0, gt=0)
@@ -508,6 +512,7 @@ class FliteEngine(Engine):
         library: str = "auto",
         catalogue: Catalogue | None = None,
         overflow_processes: int = 0,
+        reserved_slots: int = 1,
         hang_timeout_s: float = 30.0,
     ) -> None:
         self.catalogue = catalogue or Catalogue({self.name: VOICES})
@@ -538,8 +543,13 @@ class FliteEngine(Engine):
             logger.debug("flite backend: %s", self._backend.kind)
         if isinstance(self._backend, FliteLibrary) and overflow_processes > 0:
             self._helpers = FliteHelpers(FliteWorkers(overflow_processes, self._backend.path))
-        # The in-process library and each helper: one synthesis slot each.
-        self._slots = PriorityGate(1 + overflow_processes) if self._helpers is not None else None
+        # The in-process library and each helper: one synthesis slot each; the reserve (at most all
+        # but one slot) is for work that is due (`serve_app.core.gate`).
+        self._slots = (
+            PriorityGate(1 + overflow_processes, reserve=min(reserved_slots, overflow_processes))
+            if self._helpers is not None
+            else None
+        )
 
     @property
     def backend(self) -> str | None:
@@ -643,6 +653,7 @@ def _build(settings: FliteSettings, context: EngineContext) -> FliteEngine:
         library=settings.library,
         catalogue=context.catalogue,
         overflow_processes=(os.cpu_count() or 1) if overflow is None else overflow,
+        reserved_slots=settings.reserved_slots,
         hang_timeout_s=settings.hang_timeout_s,
     )
 

@@ -103,3 +103,57 @@ def test_due_times() -> None:
     assert due_at(PRIORITY_PLAYING, 10.0) == -math.inf
     assert due_at(PRIORITY_NEW, 10.0) == 10.0
     assert due_at(1500, 10.0) == 11.5
+
+
+async def test_the_reserved_slot_is_kept_for_work_that_is_due() -> None:
+    gate = PriorityGate(2, reserve=1)
+    entered: list[str] = []
+    release = asyncio.Event()
+
+    async def hold(name: str, priority: int) -> None:
+        async with gate.hold(priority):
+            entered.append(name)
+            await release.wait()
+
+    tasks = [asyncio.create_task(hold("look-ahead-1", 10_000))]
+    await asyncio.sleep(0.01)
+    assert entered == ["look-ahead-1"]  # two free: one may go to work with slack
+    tasks.append(asyncio.create_task(hold("look-ahead-2", 10_000)))
+    await asyncio.sleep(0.01)
+    assert entered == ["look-ahead-1"] and gate.waiting == 1  # the last free slot is kept
+    tasks.append(asyncio.create_task(hold("new", PRIORITY_NEW)))
+    await asyncio.sleep(0.01)
+    assert entered == ["look-ahead-1", "new"]  # a new answer starts at once
+    release.set()
+    await asyncio.gather(*tasks)
+    assert entered == ["look-ahead-1", "new", "look-ahead-2"]
+    assert gate.waiting == 0
+
+
+async def test_work_held_back_by_the_reserve_enters_when_it_falls_due() -> None:
+    gate = PriorityGate(2, reserve=1)
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def holder() -> None:
+        async with gate.hold(PRIORITY_NEW):
+            await release.wait()
+
+    async def due_soon() -> None:
+        async with gate.hold(50):  # due 50 ms after it asks
+            entered.set()
+
+    held = asyncio.create_task(holder())
+    await asyncio.sleep(0.01)
+    waiter = asyncio.create_task(due_soon())
+    await asyncio.sleep(0.01)
+    assert not entered.is_set()  # one slot free, and it is the reserve
+    await asyncio.wait_for(entered.wait(), 5)  # no slot was released: it fell due
+    release.set()
+    await asyncio.gather(held, waiter)
+
+
+def test_a_gate_reserves_fewer_slots_than_it_has() -> None:
+    with pytest.raises(ValueError):
+        PriorityGate(2, reserve=2)
+    PriorityGate(2, reserve=1)
