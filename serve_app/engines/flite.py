@@ -134,6 +134,11 @@ _STREAM_CALLBACK = ctypes.CFUNCTYPE(
 )
 _STREAM_CONTINUE, _STREAM_STOP = 0, -1
 _STREAM_MIN_SAMPLES = 2048  # ~128 ms at 16 kHz: the first chunk leaves long before the sentence ends
+# After the first chunk, flite calls back once per this much audio: each call takes the GIL (in the
+# ingress, from an event loop serving every other request) and costs Python work, so ~6x fewer
+# calls than at the first chunk's size. A cancel is still seen within a second of audio, which
+# flite vocodes in a few milliseconds.
+_STREAM_LATER_SECONDS = 1.0
 # Later chunks: big, as each is a message through every layer (a helper's pipe, the ASGI middlewares,
 # a socket write, HAProxy, the client's parser). 4.5 s holds the rest of most agent sentences in one
 # piece; flite makes it in tens of milliseconds, far ahead of playback, so nothing waits for it.
@@ -200,10 +205,16 @@ class FliteLibrary:
         # globally, so the voices' own libraries bind to it by its soname instead of the system's.
         self.path = path
         name = path or ctypes.util.find_library("flite") or "libflite.so.1"
-        self._lib = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+        # Two views of one library. The synthesis releases the GIL while it runs (CDLL); every other
+        # call is microseconds of work and keeps the GIL (PyDLL): a release makes the thread queue
+        # for the GIL again, behind the event loop, for up to the interpreter's switch interval
+        # (5 ms). In the ingress, where the loop serves every other request, the utterance walk for
+        # word timings (dozens of calls, before the first audio) lost ~250 ms that way on a busy loop.
+        self._lib = ctypes.PyDLL(name, mode=ctypes.RTLD_GLOBAL)
         self._lib.flite_init()
-        self._lib.flite_text_to_wave.restype = ctypes.POINTER(_CstWave)
-        self._lib.flite_text_to_wave.argtypes = [ctypes.c_char_p, ctypes.POINTER(_CstVoice)]
+        self._text_to_wave = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL).flite_text_to_wave
+        self._text_to_wave.restype = ctypes.POINTER(_CstWave)
+        self._text_to_wave.argtypes = [ctypes.c_char_p, ctypes.POINTER(_CstVoice)]
         self._lib.delete_wave.argtypes = [ctypes.POINTER(_CstWave)]
         self._lib.feat_set_float.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_float]
         self._lib.feat_set.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
@@ -226,7 +237,6 @@ class FliteLibrary:
         self._lock = threading.Lock()
         self._busy_since: float | None = None
 
-
     @property
     def busy(self) -> bool:
         """A synthesis holds libflite now: a new one would wait for it."""
@@ -236,6 +246,7 @@ class FliteLibrary:
         """Seconds the synthesis holding libflite has run (0 when none does)."""
         since = self._busy_since
         return time.monotonic() - since if since is not None else 0.0
+
     def _voice(self, voice: str) -> Any:
         if voice not in self._voices:
             stem = FLITE_VOICE_LIBRARIES[voice]
@@ -281,17 +292,19 @@ class FliteLibrary:
             nonlocal words_sent
             if cancelled.is_set():
                 return _STREAM_STOP
+            info = ctypes.cast(asi, ctypes.POINTER(_StreamingInfo)).contents
             if not words_sent and emit_words is not None:
                 words_sent = True
                 try:
-                    utterance = ctypes.cast(asi, ctypes.POINTER(_StreamingInfo)).contents.utt
-                    emit_words(self.words(utterance))
+                    emit_words(self.words(info.utt))
                 except Exception as exc:  # timings are a bonus: the audio must go on (the router estimates)
                     logger.debug("flite word timings unavailable: %s", type(exc).__name__)
             if size > 0:
                 w = wave_ptr.contents
                 address = ctypes.addressof(w.samples.contents) + start * 2
                 emit(int(w.sample_rate), ctypes.string_at(address, size * 2))
+                # flite reads the size before every frame: from now on, fewer and larger calls.
+                info.min_buffsize = max(_STREAM_MIN_SAMPLES, int(w.sample_rate * _STREAM_LATER_SECONDS))
             return _STREAM_CONTINUE
 
         callback = _STREAM_CALLBACK(on_audio)
@@ -324,7 +337,7 @@ class FliteLibrary:
         info.contents.asc = ctypes.cast(callback, ctypes.c_void_p)
         self._lib.feat_set(features, b"streaming_info", self._lib.audio_streaming_info_val(info))
         try:
-            wav = self._lib.flite_text_to_wave(text.encode("utf-8", "replace"), handle)
+            wav = self._text_to_wave(text.encode("utf-8", "replace"), handle)
         finally:
             # Frees the streaming info; the voice must not keep a pointer to our callback.
             self._lib.feat_remove(features, b"streaming_info")

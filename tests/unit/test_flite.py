@@ -187,13 +187,13 @@ async def test_a_hung_libflite_fails_the_health_check_until_it_moves() -> None:
     library = engine._backend
     assert isinstance(library, FliteLibrary)
     release = threading.Event()
-    real = library._lib.flite_text_to_wave
+    real = library._text_to_wave
 
     def stuck(text: bytes, voice: object) -> object:
         release.wait(10)  # a call into libflite that does not return, until the test lets it
         return real(text, voice)
 
-    library._lib.flite_text_to_wave = stuck
+    library._text_to_wave = stuck
     stream = engine.synthesize("Stuck for a while.")
     try:
         assert await stream.__anext__() == b""  # it started, and holds libflite
@@ -208,7 +208,7 @@ async def test_a_hung_libflite_fails_the_health_check_until_it_moves() -> None:
         assert await hosted_engines_problem({"flite": engine}) is None
     finally:
         release.set()
-        library._lib.flite_text_to_wave = real
+        library._text_to_wave = real
 
 
 async def test_a_helper_that_dies_before_answering_is_replaced_and_the_sentence_still_spoken() -> None:
