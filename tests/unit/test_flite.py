@@ -41,6 +41,18 @@ async def test_library_streams_a_sentence_in_pieces() -> None:
     assert all(len(c) % 2 == 0 for c in chunks)
 
 
+def test_after_its_first_chunk_flite_calls_back_about_once_a_second_of_audio() -> None:
+    """Each call back from the synthesis takes the GIL (in the ingress: from the event loop), so
+    there are few: the first small one for the first byte, then one per second of audio."""
+    library = FliteLibrary()
+    calls: list[int] = []
+    library._synthesize_blocking(LONG, "slt", 1.0, lambda rate, pcm: calls.append(len(pcm) // 2), threading.Event())
+    seconds = sum(calls) / 16000
+    assert seconds > 4.0
+    assert calls[0] <= 2048 + 80  # the first chunk stays small (one frame past the minimum)
+    assert len(calls) <= 2 + int(seconds)  # at 2048 samples each, it would be ~35
+
+
 async def test_speed_and_8khz_voice_are_normalised() -> None:
     engine = FliteEngine()
     normal = b"".join(await collect(engine, LONG))
