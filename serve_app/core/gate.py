@@ -32,6 +32,9 @@ from collections.abc import AsyncIterator
 
 PRIORITY_PLAYING = -1
 PRIORITY_NEW = 0
+# A waiter this close to its due time counts as due: the timer that wakes it may fire a little early
+# (uvloop rounds its timers to milliseconds), and must not find it "not due yet" and leave it waiting.
+_DUE_TOLERANCE_S = 0.002
 
 
 def due_at(priority: int, now: float | None = None) -> float:
@@ -95,7 +98,7 @@ class PriorityGate:
     def _dispatch(self) -> None:
         """Hand free slots to waiters, earliest due first; one not due yet leaves the reserve free
         (and so does every waiter behind it, none of which is due earlier)."""
-        now = time.monotonic()
+        now = time.monotonic() + _DUE_TOLERANCE_S
         while self._free > 0 and self._waiters:
             due, _, future = self._waiters[0]
             if future.done():  # a waiter that left is skipped
