@@ -73,14 +73,15 @@ class PriorityGate:
 
     async def _acquire(self, priority: int) -> None:
         due = due_at(priority)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         heapq.heappush(self._waiters, (due, next(self._arrivals), future))
         self._dispatch()
         if future.done():
             return
-        loop = asyncio.get_running_loop()
         # Not due yet, and held back only by the reserve: look again when it falls due.
-        timer = loop.call_later(due - time.monotonic(), self._dispatch) if due > time.monotonic() else None
+        until_due = due - time.monotonic()
+        timer = loop.call_later(until_due, self._dispatch) if until_due > 0 else None
         try:
             await future
         except asyncio.CancelledError:

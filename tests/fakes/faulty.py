@@ -233,8 +233,8 @@ class FaultyEngine(Engine):
         """Whether this attempt follows the plan's fault, counting attempts against `times`."""
         if mode == "ok" or plan.times is None:
             return mode != "ok"
-        seen, count = self._faults if self._faults is not None and self._faults[0] == plan else (plan, 0)
-        self._faults = (seen, count + 1)
+        count = self._faults[1] if self._faults is not None and self._faults[0] == plan else 0
+        self._faults = (plan, count + 1)
         return count < plan.times
 
     @classmethod
