@@ -42,6 +42,7 @@ from pydantic import Field
 
 from config.settings import settings_config
 from serve_app.core.audio import StreamResampler
+from serve_app.core.cpu_priority import CpuPriority, JobPriority
 from serve_app.core.errors import EngineUnavailable
 from serve_app.core.gate import PRIORITY_NEW, PriorityGate
 from serve_app.core.timing import WordMark
@@ -99,6 +100,10 @@ class FliteSettings(EngineSettings):
     # their listeners are about to need): look-ahead work with slack leaves them free, so a new
     # answer starts at once instead of waiting for a whole sentence. Used only with helpers.
     reserved_slots: int = Field(1, ge=0)
+    # How much lower (a nice value) a look-ahead synthesis with slack runs than one whose listener
+    # is waiting (`serve_app.core.cpu_priority`); 0 runs all alike. Needs CAP_SYS_NICE or
+    # RLIMIT_NICE to move back; without, all run alike and the engine's health says why.
+    lookahead_nice: int = Field(10, ge=0, le=19)
     # A sentence takes libflite well under a second; one running this long is hung, and the
     # replica's health check fails so that Serve replaces it.
     hang_timeout_s: float = Field(30.0, gt=0)
@@ -188,7 +193,9 @@ class FliteBackend(Protocol):
 
     kind: str
 
-    def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[FlitePiece]: ...
+    def stream(
+        self, text: str, voice: str, speed: float, job: JobPriority | None = None
+    ) -> AsyncGenerator[FlitePiece, None]: ...
 
 
 class FliteLibrary:
@@ -374,18 +381,25 @@ class FliteLibrary:
         )
         return gathered.rest()
 
-    async def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[FlitePiece]:
+    async def stream(
+        self, text: str, voice: str, speed: float, job: JobPriority | None = None
+    ) -> AsyncGenerator[FlitePiece, None]:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         mailbox = _Mailbox(asyncio.get_running_loop(), queue)
         cancelled = threading.Event()
 
         def work() -> None:
             """The synthesis thread: its last piece and its end (with its error, if any) go as one."""
+            if job is not None:
+                job.attach(threading.get_native_id())
             try:
                 last = self.speak(text, voice, speed, mailbox.send, cancelled, True)
             except BaseException as exc:  # delivered to the generator, which re-raises it
                 mailbox.send((_DONE, exc))
                 return
+            finally:
+                if job is not None:
+                    job.detach()
             mailbox.send(*(() if last is None else (last,)), (_DONE, None))
 
         worker = asyncio.ensure_future(asyncio.to_thread(work))
@@ -454,7 +468,11 @@ class FliteBinary:
             "-o", "/dev/stdout", "-t", text,
         ]
 
-    async def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[FlitePiece]:
+    async def stream(
+        self, text: str, voice: str, speed: float, job: JobPriority | None = None
+    ) -> AsyncGenerator[FlitePiece, None]:
+        """`job` is not applied: this backend runs without synthesis slots, so nothing is look-ahead
+        waiting beside due work in this replica's queue."""
         yield STARTED  # one process per request: nothing to queue behind
         out, err, code = await self._run(self.argv(text, voice, speed))
         if code != 0 or len(out) < 44:
@@ -502,9 +520,11 @@ class FliteHelpers:
     def __init__(self, workers: FliteWorkers) -> None:
         self.workers = workers
 
-    async def stream(self, text: str, voice: str, speed: float) -> AsyncIterator[FlitePiece]:
+    async def stream(
+        self, text: str, voice: str, speed: float, job: JobPriority | None = None
+    ) -> AsyncGenerator[FlitePiece, None]:
         # `STARTED` (b"") once a helper has the request: a helper still starting is queueing.
-        async for piece in self.workers.stream(text, voice, speed, announce=True):
+        async for piece in self.workers.stream(text, voice, speed, announce=True, job=job):
             yield piece
 
 
@@ -527,6 +547,7 @@ class FliteEngine(Engine):
         overflow_processes: int = 0,
         reserved_slots: int = 1,
         hang_timeout_s: float = 30.0,
+        cpu_priority: CpuPriority | None = None,
     ) -> None:
         self.catalogue = catalogue or Catalogue({self.name: VOICES})
         self.default_voice = default_voice
@@ -563,6 +584,9 @@ class FliteEngine(Engine):
             if self._helpers is not None
             else None
         )
+        # Look-ahead syntheses yield the cores to due ones (`serve_app.core.cpu_priority`); only
+        # where several run at once, i.e. with helpers.
+        self._cpu = cpu_priority if self._helpers is not None else None
 
     @property
     def backend(self) -> str | None:
@@ -582,6 +606,9 @@ class FliteEngine(Engine):
         if self._helpers is not None:
             workers = self._helpers.workers
             details["overflow_processes"] = {"limit": workers.size, "busy": workers.busy}
+        if self._cpu is not None:
+            cpu = self._cpu
+            details["lookahead_priority"] = f"nice +{cpu.lookahead_nice}" if cpu.enabled else cpu.problem
         return EngineCheck(self.name, True, None, details)
 
     async def health(self) -> str | None:
@@ -621,9 +648,14 @@ class FliteEngine(Engine):
         logger.debug("flite synthesize voice=%s chars=%d", chosen, len(text))
         if self._helpers is not None:
             self._helpers.workers.prestart()  # once: the helpers are loaded before a burst needs them
-        async with self._slot(priority), contextlib.aclosing(self._speak(self._pick(), text, chosen, speed)) as pieces:
-            async for piece in pieces:
-                yield piece
+        job = self._cpu.job(priority) if self._cpu is not None else None
+        async with (
+            self._slot(priority),
+            contextlib.aclosing(self._speak(self._pick(), text, chosen, speed, job)) as pieces,
+        ):
+            with job.timed() if job is not None else contextlib.nullcontext():
+                async for piece in pieces:
+                    yield piece
 
     @contextlib.asynccontextmanager
     async def _slot(self, priority: int) -> AsyncIterator[None]:
@@ -637,20 +669,23 @@ class FliteEngine(Engine):
             yield
 
     async def _speak(
-        self, backend: FliteBackend, text: str, chosen: str, speed: float
+        self, backend: FliteBackend, text: str, chosen: str, speed: float, job: JobPriority | None
     ) -> AsyncGenerator[bytes | WordMark, None]:
         resampler: StreamResampler | None = None
-        async for piece in backend.stream(text, chosen, speed):
-            if isinstance(piece, WordMark | bytes):
-                yield piece  # word marks are seconds, the same at any rate; `STARTED` is the start
-                continue
-            rate, pcm = piece
-            if rate != self.sample_rate:
-                # kal is an 8 kHz voice: resample here so the engine keeps one advertised rate.
-                resampler = resampler or StreamResampler(rate, self.sample_rate)
-                pcm = resampler.feed(pcm)
-            if pcm:
-                yield pcm
+        # Closed here, not left to the garbage collector: a caller that leaves (a barge-in) stops
+        # the synthesis and frees its slot before this returns.
+        async with contextlib.aclosing(backend.stream(text, chosen, speed, job)) as pieces:
+            async for piece in pieces:
+                if isinstance(piece, WordMark | bytes):
+                    yield piece  # word marks are seconds, the same at any rate; `STARTED` is the start
+                    continue
+                rate, pcm = piece
+                if rate != self.sample_rate:
+                    # kal is an 8 kHz voice: resample here so the engine keeps one advertised rate.
+                    resampler = resampler or StreamResampler(rate, self.sample_rate)
+                    pcm = resampler.feed(pcm)
+                if pcm:
+                    yield pcm
         if resampler is not None:
             tail = resampler.flush()
             if tail:
@@ -668,6 +703,7 @@ def _build(settings: FliteSettings, context: EngineContext) -> FliteEngine:
         overflow_processes=(os.cpu_count() or 1) if overflow is None else overflow,
         reserved_slots=settings.reserved_slots,
         hang_timeout_s=settings.hang_timeout_s,
+        cpu_priority=CpuPriority(settings.lookahead_nice),
     )
 
 

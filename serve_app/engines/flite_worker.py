@@ -40,6 +40,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, BinaryIO
 
+from serve_app.core.cpu_priority import JobPriority
 from serve_app.core.errors import EngineUnavailable
 from serve_app.core.timing import WordMark
 
@@ -159,13 +160,14 @@ class FliteWorkers:
         return self.busy < self.size
 
     async def stream(
-        self, text: str, voice: str, speed: float, *, announce: bool = False
+        self, text: str, voice: str, speed: float, *, announce: bool = False, job: JobPriority | None = None
     ) -> AsyncIterator[tuple[int, bytes] | WordMark | bytes]:
         """Word marks and (rate, pcm) pieces of `text` from an idle helper (one is started if none is).
 
         `announce`: first `b""` once a helper has the request. Starting a helper takes a second or
         more on a loaded machine; that is waiting, not the engine's first-byte time (a start that
-        counted as such failed a sentence with FirstByteTimeout while three clusters started)."""
+        counted as such failed a sentence with FirstByteTimeout while three clusters started).
+        `job`: the CPU priority the helper runs the request at (`serve_app.core.cpu_priority`)."""
         self.busy += 1
         call = next(self._call_ids)
         self._calls[call] = time.monotonic()
@@ -175,6 +177,8 @@ class FliteWorkers:
                 if announce and attempt == 1:
                     yield b""
                 replied = False
+                if job is not None:
+                    job.attach(helper.proc.pid)  # a helper is single-threaded: its pid is its thread
                 try:
                     async for piece in helper.stream((text, voice, speed)):
                         replied = True
@@ -193,6 +197,8 @@ class FliteWorkers:
                 self._keep(helper, counted=True)
                 return
         finally:
+            if job is not None:
+                job.detach()
             self.busy -= 1
             del self._calls[call]
 

@@ -87,6 +87,7 @@ async def test_abandoning_a_stream_does_not_wedge_the_engine() -> None:
     first = await stream.__anext__()
     assert first  # a word mark (they come first) or audio
     await stream.aclose()
+    assert isinstance(engine._backend, FliteLibrary) and not engine._backend.busy  # stopped, not left to the GC
     again = b"".join(await collect(engine, "Still working."))
     assert len(again) > 0
 
