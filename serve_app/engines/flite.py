@@ -520,12 +520,13 @@ class FliteHelpers:
     def __init__(self, workers: FliteWorkers) -> None:
         self.workers = workers
 
-    async def stream(
+    def stream(
         self, text: str, voice: str, speed: float, job: JobPriority | None = None
     ) -> AsyncGenerator[FlitePiece, None]:
-        # `STARTED` (b"") once a helper has the request: a helper still starting is queueing.
-        async for piece in self.workers.stream(text, voice, speed, announce=True, job=job):
-            yield piece
+        # The workers' own generator, not one wrapped around it, so that closing it frees the
+        # helper at once. `STARTED` (b"") once a helper has the request: a helper still starting
+        # is queueing.
+        return self.workers.stream(text, voice, speed, announce=True, job=job)
 
 
 class FliteEngine(Engine):

@@ -37,7 +37,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, BinaryIO
 
 from serve_app.core.cpu_priority import JobPriority
@@ -161,7 +161,7 @@ class FliteWorkers:
 
     async def stream(
         self, text: str, voice: str, speed: float, *, announce: bool = False, job: JobPriority | None = None
-    ) -> AsyncIterator[tuple[int, bytes] | WordMark | bytes]:
+    ) -> AsyncGenerator[tuple[int, bytes] | WordMark | bytes, None]:
         """Word marks and (rate, pcm) pieces of `text` from an idle helper (one is started if none is).
 
         `announce`: first `b""` once a helper has the request. Starting a helper takes a second or

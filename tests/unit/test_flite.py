@@ -92,6 +92,23 @@ async def test_abandoning_a_stream_does_not_wedge_the_engine() -> None:
     assert len(again) > 0
 
 
+async def test_abandoning_a_stream_a_helper_speaks_frees_the_helper_before_close_returns() -> None:
+    engine = FliteEngine(backend="library", overflow_processes=1)
+    assert engine._helpers is not None
+    workers = engine._helpers.workers
+    try:
+        held = engine.synthesize(LONG * 30)  # holds libflite in-process
+        assert await held.__anext__() == b""
+        spoken = engine.synthesize(LONG * 3)  # so a helper speaks this one
+        assert await spoken.__anext__() == b"" and await spoken.__anext__()
+        assert workers.busy == 1
+        await spoken.aclose()
+        assert workers.busy == 0  # freed now, not when the garbage collector gets to it
+        await held.aclose()
+    finally:
+        workers.close()
+
+
 async def test_a_request_queued_behind_another_says_when_its_work_begins() -> None:
     """The start marker comes when libflite's lock is this request's, not when it was asked: the
     router counts time before it as queueing (busy), not as the engine's time to first byte."""
