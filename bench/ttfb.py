@@ -15,7 +15,10 @@ with like), all answering the same one-sentence request:
    to Flite (`engine: flite`), `pcm`;
 6. `make run`: the project's launcher (`python -m serve_app.launch`, what `make run` runs), same
    requests.
-Per system: median first-byte time of `--runs` sequential requests; then a wait until the system
+Per system: median first-byte time of `--runs` sequential requests; for `serve run` and `make run`,
+their first byte against the floor's measured in alternating slices, each alone (the other's
+processes stopped), so that a slow spell of the machine hits both alike (bench/paired.py; the
+first-byte target is judged on this ratio); then a wait until the system
 is idle (under a quarter of a core for 3 s: start-up work is not billed to the measured requests),
 whose idle CPU rate is reported; requests/s with
 `--concurrency` clients for `--requests` requests, with the first-byte p50/p95 under that load;
@@ -52,6 +55,7 @@ import psutil
 import yaml
 
 from bench.common import Timing, free_port, median_ms, timed_post
+from bench.paired import ProcessTree, Side, measure_paired
 from serve_app.engines.flite_lib import choose
 from serve_app.launch import adopt_orphans, end_orphans
 
@@ -75,7 +79,24 @@ class Figures:
     client_cpu_ms_per_request: float | None = None
     probe_before_ms: float | None = None
     probe_after_ms: float | None = None
+    # First byte against the floor in alternating slices, each alone (bench/paired.py).
+    paired_ttfb_ms: float | None = None
+    paired_floor_ttfb_ms: float | None = None
+    paired_slice_ratios: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Floor:
+    """How to start the floor (plain uvicorn + our engine) beside a system for the paired first byte."""
+
+    argv: list[str]
+    port: int
+    env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
 
 def flite_argv(output: str) -> list[str]:
@@ -194,21 +215,60 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+def start(argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
+    """A server in a process group of its own, its output in a log file of its own."""
+    log = Path(tempfile.mkdtemp(prefix="bench-ttfb-")) / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, log
+
+
+def paired(name: str, system: subprocess.Popen[bytes], speech: str, request: dict[str, object], floor: Floor,
+           args: argparse.Namespace, figures: Figures) -> None:
+    """The system's first byte against the floor's, alternating, each alone (bench/paired.py).
+
+    The floor starts while the system is stopped, so neither is measured beside the other's start.
+    """
+    tree = ProcessTree(system.pid)
+    tree.stop()
+    floor_proc, log = start(floor.argv, floor.env)
+    try:
+        wait_ok(f"{floor.url}/docs", timeout_s=120)
+        floor_tree = ProcessTree(floor_proc.pid)
+        print(f"[{name}] first byte against the floor: {args.paired_slices} pairs of slices, "
+              f"{args.paired_requests} requests each", flush=True)
+        found = measure_paired(
+            Side(speech, tree.stop, tree.resume),
+            Side(f"{floor.url}/v1/audio/speech", floor_tree.stop, floor_tree.resume),
+            request, slices=args.paired_slices, requests=args.paired_requests,
+        )
+        figures.paired_ttfb_ms = found.system_ms
+        figures.paired_floor_ttfb_ms = found.floor_ms
+        figures.paired_slice_ratios = found.slice_ratios
+    except Exception as exc:  # reported with the system's figures; the rest of its measurement goes on
+        figures.notes.append(f"paired first byte failed: {type(exc).__name__}: {str(exc)[:200]} (floor log: {log})")
+    finally:
+        ProcessTree(floor_proc.pid).resume()
+        stop(floor_proc)
+        tree.resume()
+
+
 def measure(
-    name: str, argv: list[str], url: str, health: str, args: argparse.Namespace, *, pinned: bool, env: dict[str, str]
+    name: str, argv: list[str], url: str, health: str, args: argparse.Namespace, *, pinned: bool,
+    env: dict[str, str], floor: Floor | None = None,
 ) -> Figures:
     """Start one system in its own process group, measure it, stop it."""
     figures = Figures(name, probe_before_ms=speed_probe())
     print(f"[{name}] starting (flite binary {figures.probe_before_ms} ms of CPU just before)", flush=True)
-    log = Path(tempfile.mkdtemp(prefix="bench-ttfb-")) / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc, log = start(argv, env)
     try:
         wait_ok(f"{url}{health}", timeout_s=300)
         speech = f"{url}/v1/audio/speech"
         request = body(pinned)
         print(f"[{name}] {args.runs} sequential requests", flush=True)
         one = asyncio.run(sequential(speech, request, args.runs))
+        if floor is not None and args.paired_slices > 0:
+            paired(name, proc, speech, request, floor, args, figures)
         cpu = tree_cpu(proc.pid)
         figures.idle_cpu_ms_per_s = settle(name, cpu)
         print(f"[{name}] {args.requests} requests, {args.concurrency} at a time", flush=True)
@@ -304,23 +364,23 @@ def systems(args: argparse.Namespace) -> list[Figures]:
             argv = [*uvicorn, "--loop", "asyncio", "--port", str(port), "--workers", str(workers),
                     "bench.plain_binary_app:app"]
             out.append(measure(name, argv, f"http://127.0.0.1:{port}", "/docs", args, pinned=False, env=clean_env()))
+    library = {key: value for key, value in ours.items() if key == "FLITE_LIBRARY"}
+    floor_port = free_port()
+    floor = Floor([*uvicorn, "--port", str(floor_port), "bench.plain_app:app"], floor_port, clean_env(**library))
     if wanted("uvicorn+engine"):
-        port = free_port()
-        argv = [*uvicorn, "--port", str(port), "bench.plain_app:app"]
-        library = {key: value for key, value in ours.items() if key == "FLITE_LIBRARY"}
-        out.append(measure("uvicorn+engine", argv, f"http://127.0.0.1:{port}", "/docs", args, pinned=False,
-                           env=clean_env(**library)))
+        out.append(measure("uvicorn+engine", floor.argv, floor.url, "/docs", args, pinned=False, env=floor.env))
+    beside = floor if wanted("uvicorn+engine") else None
     if wanted("serve run"):
         port = free_port()
         argv = [str(BIN / "serve"), "run", "--address", "local", str(serve_run_config(port))]
         out.append(measure("serve run", argv, f"http://127.0.0.1:{port}", "/health", args, pinned=True,
-                           env=clean_env(**ours)))
+                           env=clean_env(**ours), floor=beside))
     if wanted("make run"):
         port = free_port()
         argv = [sys.executable, "-m", "serve_app.launch", "--config", str(ROOT / "serve_config.yaml"),
                 "--port", str(port), "--host", "127.0.0.1"]
         out.append(measure("make run", argv, f"http://127.0.0.1:{port}", "/health", args, pinned=True,
-                           env=clean_env(**ours)))
+                           env=clean_env(**ours), floor=beside))
     return out
 
 
@@ -344,6 +404,8 @@ def ratios(figures: list[Figures]) -> dict[str, float]:
                 out[f"{key}_ttfb_vs_uvicorn_binary"] = round(mine.ttfb_ms / reference.ttfb_ms, 3)
         if floor and floor.ttfb_ms and mine.ttfb_ms:
             out[f"{key}_ttfb_vs_in_process_engine"] = round(mine.ttfb_ms / floor.ttfb_ms, 3)
+        if mine.paired_ttfb_ms and mine.paired_floor_ttfb_ms:
+            out[f"{key}_ttfb_vs_in_process_engine_paired"] = round(mine.paired_ttfb_ms / mine.paired_floor_ttfb_ms, 3)
     return out
 
 
@@ -358,6 +420,11 @@ def print_table(figures: list[Figures]) -> None:
         ]
         probe = "-" if f.probe_before_ms is None else f"{f.probe_before_ms:g}/{f.probe_after_ms or 0:g}"
         print(f"{f.name:<20} " + " ".join(f"{'-' if c is None else f'{c:g}':>10}" for c in cells) + f" {probe:>10}")
+        if f.paired_ttfb_ms is not None:
+            slices = f.paired_slice_ratios
+            spread = f"{min(slices):.2f}-{max(slices):.2f}x" if slices else "-"
+            print(f"    first byte alternating with the floor: {f.paired_ttfb_ms:g} ms against "
+                  f"{f.paired_floor_ttfb_ms:g} ms (slices {spread})")
         for note in f.notes:
             print(f"    {note}")
 
@@ -376,6 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure every system this many times, in turn, and report the median ratios")
     parser.add_argument("--only", default="", help="comma-separated system names (default: all)")
+    parser.add_argument("--paired-slices", type=int, default=10,
+                        help="pairs of slices for our systems' first byte against the floor, alternating, each "
+                             "alone (needs uvicorn+engine among the systems; 0 skips it)")
+    parser.add_argument("--paired-requests", type=int, default=40, help="sequential requests per slice")
     parser.add_argument("--json", type=str, default=None, help="also write the figures to this file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting for this service's runs (e.g. FLITE_OVERFLOW_PROCESSES=0)")
@@ -402,8 +473,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nmedian over {args.rounds} rounds:")
         for key, value in found.items():
             print(f"{key:<45} {value}")
-    print("\ntargets: *_rps_vs_uvicorn_binary >= 1.0, *_ttfb_vs_in_process_engine <= 1.3, "
-          "*_cpu_per_request_vs_uvicorn_binary <= 1.0")
+    print("\ntargets: *_rps_vs_uvicorn_binary >= 1.0, *_ttfb_vs_in_process_engine_paired <= 1.3 (also shown: "
+          "*_ttfb_vs_in_process_engine, measured minutes apart), *_cpu_per_request_vs_uvicorn_binary <= 1.0")
     if args.json:
         report = {
             "libflite": library,
