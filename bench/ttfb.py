@@ -15,13 +15,13 @@ with like), all answering the same one-sentence request:
    to Flite (`engine: flite`), `pcm`;
 6. `make run`: the project's launcher (`python -m serve_app.launch`, what `make run` runs), same
    requests.
-Per system: median first-byte time of `--runs` sequential requests; for `serve run` and `make run`,
-their first byte against the floor's measured in alternating slices, each alone (the other's
-processes stopped), so that a slow spell of the machine hits both alike (bench/paired.py; the
-first-byte target is judged on this ratio); then a wait until the system
-is idle (under a quarter of a core for 3 s: start-up work is not billed to the measured requests),
-whose idle CPU rate is reported; requests/s with
-`--concurrency` clients for `--requests` requests, with the first-byte p50/p95 under that load;
+Per system, once it is idle (under a quarter of a core for 3 s: start-up work is not billed to the
+measured requests; its idle CPU rate is reported): median first-byte time of `--runs` sequential
+requests; for `serve run` and `make run`, their first byte against the floor's measured in
+alternating slices, each alone (the other's processes stopped), so that a slow spell of the
+machine hits both alike (bench/paired.py; the first-byte target is judged on this ratio); then,
+idle again, requests/s with `--concurrency` clients for `--requests` requests, with the first-byte
+p50/p95 under that load;
 and CPU milliseconds per request of every process of the system (the server, its workers and
 children, Ray's daemons and replicas), from the OS's counters, during the throughput phase, next
 to the load generator's own CPU per request (it shares the cores), and the flite binary's CPU time
@@ -265,12 +265,13 @@ def measure(
         wait_ok(f"{url}{health}", timeout_s=300)
         speech = f"{url}/v1/audio/speech"
         request = body(pinned)
+        cpu = tree_cpu(proc.pid)
+        figures.idle_cpu_ms_per_s = settle(name, cpu)
         print(f"[{name}] {args.runs} sequential requests", flush=True)
         one = asyncio.run(sequential(speech, request, args.runs))
         if floor is not None and args.paired_slices > 0:
             paired(name, proc, speech, request, floor, args, figures)
-        cpu = tree_cpu(proc.pid)
-        figures.idle_cpu_ms_per_s = settle(name, cpu)
+            settle(name, cpu)  # a resumed cluster catches up on its timers before the load
         print(f"[{name}] {args.requests} requests, {args.concurrency} at a time", flush=True)
         load = throughput(speech, request, args.requests, args.concurrency, cpu)
         rps, loaded, cpu_s, client_s = asyncio.run(load)
