@@ -36,3 +36,15 @@ def test_the_verdict_is_each_ratios_median_over_rounds() -> None:
     # A ratio missing from a round (a system failed there) is left out rather than guessed.
     rounds[1].pop("serve_run_ttfb_vs_in_process_engine")
     assert "serve_run_ttfb_vs_in_process_engine" not in median_ratios(rounds)
+
+
+def test_the_first_byte_alternating_with_the_floor_is_its_own_ratio() -> None:
+    figures = _round(reference_rps=30.0, ours_rps=33.0)
+    # Sequential figures taken minutes apart (24 against 20 ms) and the alternating pair (23 against 20).
+    figures[2].paired_ttfb_ms = 23.0
+    figures[2].paired_floor_ttfb_ms = 20.0
+    found = ratios(figures)
+    assert found["serve_run_ttfb_vs_in_process_engine"] == 1.2
+    assert found["serve_run_ttfb_vs_in_process_engine_paired"] == 1.15
+    # Without the pair (no floor among the systems, or --paired-slices 0) there is no such ratio.
+    assert "serve_run_ttfb_vs_in_process_engine_paired" not in ratios(_round(30.0, 33.0))
