@@ -54,12 +54,10 @@ async def _speak_ahead(engine: FliteEngine, done: list[int]) -> None:
 
 
 async def measure(setting: str, helpers: int, samples: int) -> dict[str, Any]:
-    nice = 10 if setting == "lowered" else 0
-    engine = FliteEngine(backend="library", overflow_processes=helpers, cpu_priority=CpuPriority(nice))
-    assert engine._helpers is not None
+    cpu = CpuPriority(10 if setting == "lowered" else 0)
+    assert cpu.enabled or setting != "lowered", cpu.problem
+    engine = FliteEngine(backend="library", overflow_processes=helpers, cpu_priority=cpu)
     try:
-        if nice:
-            assert engine._cpu is not None and engine._cpu.enabled, engine._cpu and engine._cpu.problem
         for _ in range(3):  # helpers started and warm
             await _first_audio_ms(engine)
         await asyncio.gather(*(_first_audio_ms(engine) for _ in range(helpers + 1)))
@@ -79,7 +77,7 @@ async def measure(setting: str, helpers: int, samples: int) -> dict[str, Any]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     finally:
-        engine._helpers.workers.close()
+        engine.close()
     times.sort()
     return {
         "setting": setting,
@@ -96,6 +94,8 @@ def main() -> None:
     parser.add_argument("--helpers", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.helpers < 1:
+        parser.error("--helpers must be at least 1: look-ahead runs lowered only beside helpers")
     rows = []
     print(f"{'round':>5} {'setting':>9} {'first audio p50':>16} {'p95':>9} {'x alone':>8} {'look-ahead/s':>13}")
     for round_ in range(1, args.rounds + 1):

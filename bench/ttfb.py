@@ -183,13 +183,10 @@ def tree_cpu(pid: int) -> Callable[[], float]:
     (flite processes a server ran and reaped). Processes that ended unwaited are not seen."""
     seen: dict[int, float] = {}
 
+    tree = ProcessTree(pid)
+
     def read() -> float:
-        try:
-            root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            procs = []
-        for proc in procs:
+        for proc in tree.processes():
             try:
                 t = proc.cpu_times()
                 seen[proc.pid] = t.user + t.system + t.children_user + t.children_system

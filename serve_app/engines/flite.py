@@ -658,6 +658,11 @@ class FliteEngine(Engine):
                 async for piece in pieces:
                     yield piece
 
+    def close(self) -> None:
+        """End the idle helper processes now (a helper also ends by itself when this process does)."""
+        if self._helpers is not None:
+            self._helpers.workers.close()
+
     @contextlib.asynccontextmanager
     async def _slot(self, priority: int) -> AsyncIterator[None]:
         """With helpers, requests take a synthesis slot (libflite or a helper) by priority, then

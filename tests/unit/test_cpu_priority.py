@@ -144,4 +144,4 @@ async def test_flite_runs_look_ahead_lowered_in_process_and_in_its_helper_and_du
         assert [h.nice() for h in helpers] == [cpu.base] * len(helpers)  # normal for their next request
         await due.aclose()
     finally:
-        engine._helpers.workers.close()
+        engine.close()

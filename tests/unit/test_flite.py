@@ -154,7 +154,7 @@ async def test_while_libflite_is_busy_a_second_request_is_spoken_by_a_helper_pro
         assert any(isinstance(c, WordMark) for c in rest)
     finally:
         assert engine._helpers is not None
-        engine._helpers.workers.close()
+        engine.close()
 
 
 async def spoken(workers: FliteWorkers, text: str) -> tuple[bytes, list[WordMark], int]:
@@ -294,7 +294,7 @@ async def test_a_sentence_reaches_a_24khz_caller_in_two_chunks_at_most(spoken_by
             await busy.aclose()  # type: ignore[attr-defined]
         await router.aclose()
         assert engine._helpers is not None
-        engine._helpers.workers.close()
+        engine.close()
 
 
 async def test_what_a_synthesis_thread_sends_while_the_loop_is_busy_arrives_in_one_wake_up() -> None:
@@ -348,7 +348,7 @@ async def test_the_first_request_starts_every_helper_ahead_of_need() -> None:
         assert workers._started == 2 and len(workers._idle) == 2 and workers.busy == 0
     finally:
         assert engine._helpers is not None
-        engine._helpers.workers.close()
+        engine.close()
 
 
 async def test_helpers_never_outnumber_their_limit_when_requests_race_the_prestart() -> None:

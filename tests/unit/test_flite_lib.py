@@ -127,7 +127,7 @@ async def test_the_engine_and_its_helpers_load_the_build() -> None:
         assert str(built) in maps and "libflite.so.2.2" not in maps  # the system's core is not loaded
     finally:
         assert engine._helpers is not None
-        engine._helpers.workers.close()
+        engine.close()
 
 
 async def test_helpers_default_to_the_system_library() -> None:
