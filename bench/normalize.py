@@ -11,7 +11,9 @@ busy moment hurts every variant alike):
 2. per sentence of the agent corpus (tests/unit/spoken_corpus.tsv, 13 categories): `to_spoken`'s
    path (pre-check, then NeMo on windows around the candidates; window memo off, so every call pays
    as for a sentence never seen) against NeMo on the whole sentence, wall-clock p50 and p95 per
-   category (what adds to time to first byte) and CPU p50;
+   category (what adds to time to first byte) and CPU p50; and `to_spoken`'s path with NeMo's
+   grammars composed by pynini instead of the C walker ("pynini" rows: the walker's speed-up), with
+   how often the two agree;
 3. in the same run, libflite's own time to first audio for each sentence's spoken form (in-process,
    the engine alone), and the added time as a share of it per sentence (p50 / p95 per category);
    also as a share of the serving stack's TTFB (defaults: ~35 ms Flite through Serve, ~300 ms Piper;
@@ -91,18 +93,27 @@ class FliteFirstAudio:
 
 
 def measure(
-    normalizer: spoken.SpokenNormalizer, groups: dict[str, list[str]], runs: int, flite: FliteFirstAudio | None
+    normalizer: spoken.SpokenNormalizer,
+    groups: dict[str, list[str]],
+    runs: int,
+    flite: FliteFirstAudio | None,
+    pynini_normalizer: spoken.SpokenNormalizer | None = None,
 ) -> dict[str, Any]:
-    """Per category: added wall time (ours, whole-sentence NeMo), CPU, Flite first audio, and the share."""
+    """Per category: added wall time (ours, whole-sentence NeMo, and ours with NeMo's grammars composed by
+    pynini instead of the walker), CPU, Flite first audio, and the share."""
     backend = normalizer._backend
     assert backend is not None
-    normalizer.memo_size = 0  # every call pays as for a sentence never seen
-    normalizer._memo.clear()
+    for each in (normalizer, pynini_normalizer):
+        if each is not None:
+            each.memo_size = 0  # every call pays as for a sentence never seen
+            each._memo.clear()
 
     def whole(text: str) -> str:
         return str(backend.normalize(text, punct_post_process=True))
 
     variants = {"to_spoken": normalizer.normalize, "nemo_whole": whole}
+    if pynini_normalizer is not None:
+        variants["pynini"] = pynini_normalizer.normalize
     wall: dict[tuple[str, str], list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
     share: dict[tuple[str, str], list[float]] = {}
@@ -174,6 +185,23 @@ def agreement(normalizer: spoken.SpokenNormalizer, groups: dict[str, list[str]],
         if ours != whole or verbose:
             print(f"  {'differs' if ours != whole else 'same'}: {text!r}\n    whole: {whole!r}\n    ours:  {ours!r}")
     return {"sentences": len(texts), "equal": equal, "rate_pct": round(100 * equal / max(1, len(texts)), 1)}
+
+
+def walker_agreement(
+    walked: spoken.SpokenNormalizer, composed: spoken.SpokenNormalizer, texts: list[str], verbose: bool
+) -> dict[str, Any]:
+    """How many texts the walker speaks exactly as pynini's composition of the same grammars does.
+
+    A difference is a tie: two paths of equal cost through NeMo's grammars, each side keeping the
+    one its search met first (seen only in URLs and code on the docs corpus).
+    """
+    equal = 0
+    for text in texts:
+        ours, theirs = walked.normalize(text), composed.normalize(text)
+        equal += ours == theirs
+        if ours != theirs and verbose:
+            print(f"  tie broken differently: {text[:100]!r}\n    pynini: {theirs[:160]!r}\n    walker: {ours[:160]!r}")
+    return {"texts": len(texts), "equal": equal, "rate_pct": round(100 * equal / max(1, len(texts)), 2)}
 
 
 def docs_corpus(limit: int, seed: int = 7) -> list[str]:
@@ -282,8 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     normalizer.load()
     report["load_from_cache_s"] = round(time.perf_counter() - started, 2)
-    where = normalizer.status()["cache_dir"]
-    print(f"load from cache (import included): {report['load_from_cache_s']} s   cache: {where}")
+    status = normalizer.status()
+    report["walker"] = status["walker"]
+    print(f"load from cache (import included): {report['load_from_cache_s']} s   cache: {status['cache_dir']}")
+    print(f"grammar walker: {status['walker']}; the 'pynini' rows compose the same grammars with pynini")
+    composed = spoken.SpokenNormalizer(cache_dir, build_if_missing=False, walker=False)
+    composed.load()
 
     groups = load_sentences(args.sentences)
     flite: FliteFirstAudio | None = None
@@ -291,8 +323,10 @@ def main(argv: list[str] | None = None) -> int:
         flite = FliteFirstAudio()
     except OSError as exc:
         print(f"libflite unavailable ({exc}); shares of Flite's first audio left out")
-    report["per_sentence"] = measure(normalizer, groups, args.runs, flite)
+    report["per_sentence"] = measure(normalizer, groups, args.runs, flite, composed)
     report["agreement"] = agreement(normalizer, groups, args.verbose)
+    texts = [text for group in groups.values() for text in group]
+    report["walker_agreement"] = walker_agreement(normalizer, composed, texts, args.verbose)
     if flite is not None:
         flite.close()
     ttfb = {"flite_serve": args.flite_ttfb_ms, "piper_serve": args.piper_ttfb_ms}
@@ -306,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(report["per_sentence"], ttfb)
     a = report["agreement"]
     print(f"\nfast path equals whole-sentence NeMo on {a['equal']} of {a['sentences']} ({a['rate_pct']}%)")
+    w = report["walker_agreement"]
+    print(f"walker equals pynini's composition on {w['equal']} of {w['texts']} ({w['rate_pct']}%)")
 
     corpus = args.corpus
     if corpus is None and args.docs_corpus > 0:
@@ -315,6 +351,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nchecking {corpus}")
         report["verify"] = verify(normalizer, corpus)
         print(json.dumps(report["verify"], indent=2))
+        lines = [line.strip() for line in corpus.read_text(errors="replace").splitlines() if line.strip()]
+        report["verify"]["walker"] = walker_agreement(
+            normalizer, composed, [t for t in lines if normalizer.needs_normalization(t)], args.verbose
+        )
+        w = report["verify"]["walker"]
+        print(f"walker equals pynini's composition on {w['equal']} of {w['texts']} texts with candidates")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0

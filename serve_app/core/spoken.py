@@ -79,6 +79,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from config.logging import truncate
+from serve_app.core import spoken_walk
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ SUPPORTED_LANGUAGES = frozenset({"en"})
 
 _NEMO_LOGGER = "NeMo-text-processing"
 _INPUT_CASE = "cased"
+# What a cache directory holds besides NeMo's `.far` files; "w1": the grammars exported for the walker.
+_LAYOUT = "w1"
 # Punctuation NeMo leaves as it is between plain words (checked on a corpus); anything else that is
 # not a letter or a space (digits, $ % & @ # / + = ° ...) may be read out, so it makes a token a candidate.
 _SAFE_PUNCT = frozenset(",.!?;:'\"()[]{}-\u2018\u2019\u201c\u201d\u2026\u2014\u2013\u00ab\u00bb")
@@ -143,7 +146,7 @@ def _version(dist: str) -> str:
 
 def cache_subdir(cache_dir: str | Path, language: str = "en") -> Path:
     """The versioned directory holding one language's `.far` files: a library upgrade gets a new one."""
-    name = f"nemo-{_version('nemo_text_processing')}-pynini-{_version('pynini')}-{language}-{_INPUT_CASE}"
+    name = f"nemo-{_version('nemo_text_processing')}-pynini-{_version('pynini')}-{language}-{_INPUT_CASE}-{_LAYOUT}"
     return Path(cache_dir) / name
 
 
@@ -180,7 +183,7 @@ def build_cache(cache_dir: str | Path | None = None, language: str = "en") -> Pa
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
         try:
             started = time.perf_counter()
-            _new_backend(tmp)
+            backend = _new_backend(tmp)
             fars = sorted(p.name for p in tmp.glob("*.far"))
             if len(fars) < 3:
                 raise RuntimeError(f"grammar build left {len(fars)} .far files in {tmp}")
@@ -189,6 +192,7 @@ def build_cache(cache_dir: str | Path | None = None, language: str = "en") -> Pa
                 "nemo_text_processing": _version("nemo_text_processing"),
                 "pynini": _version("pynini"),
                 "files": fars,
+                "walker": spoken_walk.export(backend, tmp),
             }
             (tmp / "build.json").write_text(json.dumps(info, indent=2) + "\n")
             tmp.chmod(0o755)  # mkdtemp makes it private; replicas may run as another user
@@ -293,6 +297,7 @@ class SpokenNormalizer:
         memo_size: int = 1024,
         build_timeout_s: float = 900.0,
         retry_after_s: float = 300.0,
+        walker: bool = True,
     ) -> None:
         if language not in SUPPORTED_LANGUAGES:
             raise ValueError(f"no normaliser for language {language!r}")
@@ -317,6 +322,10 @@ class SpokenNormalizer:
         self._failed_at = 0.0
         self._warned_not_ready = False
         self.load_seconds: float | None = None
+        self.walker = walker
+        # "on", or why NeMo composes with pynini instead (off by choice, no compiler, old cache ...).
+        self.walker_status = "not loaded"
+        self._walkers: spoken_walk.Walkers | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -336,6 +345,7 @@ class SpokenNormalizer:
             "error": self._error,
             "cache_dir": str(cache_subdir(self.cache_dir, self.language)),
             "load_s": self.load_seconds,
+            "walker": self.walker_status,
         }
 
     def start(self) -> None:
@@ -399,6 +409,7 @@ class SpokenNormalizer:
             self._state = State.LOADING
             triggers = _load_triggers()
             backend = _new_backend(final)
+            self._walkers = self._attach_walkers(backend, final)
             _warm(backend)
         except Exception as exc:
             with self._state_lock:
@@ -413,6 +424,21 @@ class SpokenNormalizer:
             self._state = State.READY
         self._ready_event.set()
         logger.info("spoken-form normaliser (%s) ready in %.2f s", self.language, self.load_seconds)
+
+    def _attach_walkers(self, backend: _Backend, directory: Path) -> spoken_walk.Walkers | None:
+        """Run NeMo's grammar passes in the C walker (about 20x faster); pynini's composition if it cannot."""
+        if not self.walker:
+            self.walker_status = "off"
+            return None
+        try:
+            walkers = spoken_walk.load(directory)
+        except Exception as exc:
+            self.walker_status = truncate(f"off: {type(exc).__name__}: {exc}", 200)
+            logger.warning("spoken-form grammars run through pynini, about 20x slower (%s)", self.walker_status)
+            return None
+        spoken_walk.attach(backend, walkers)
+        self.walker_status = "on"
+        return walkers
 
     def _build_in_child(self) -> None:
         """Compile in a child process: pynini holds the GIL while compiling, which would stall the replica."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -249,3 +250,26 @@ def test_loading_warms_every_class_once(normalizer: SpokenNormalizer) -> None:
     out = backend.normalize(spoken._WARM_UP_TEXT, punct_post_process=True)
     for written in ("$", "%", "2024", "3:30", "555", "@", "www."):
         assert written not in out
+
+
+def test_without_the_walker_files_nemo_composes_with_pynini(normalizer: SpokenNormalizer, tmp_path: Path) -> None:
+    """An old or partial cache (no exported grammars) still normalises, through pynini, and says why."""
+    shipped = spoken.cache_subdir(_cache_dir())
+    partial = spoken.cache_subdir(tmp_path)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(shipped, partial)
+    (partial / "tagger.ntg").unlink()
+    fallback = SpokenNormalizer(tmp_path, build_if_missing=False)
+    fallback.load()
+    assert fallback.status()["walker"].startswith("off: ")
+    text = "It costs $3.50 at 3:30 pm."
+    assert fallback.normalize(text) == normalizer.normalize(text)
+    assert "dollars" in fallback.normalize(text)
+
+
+def test_walker_can_be_turned_off(normalizer: SpokenNormalizer) -> None:
+    off = SpokenNormalizer(_cache_dir(), build_if_missing=False, walker=False)
+    off.load()
+    assert off.status()["walker"] == "off"
+    text = "Call 555-123-4567 on March 21, 2024."
+    assert off.normalize(text) == normalizer.normalize(text)

@@ -9,6 +9,7 @@ listed in KNOWN_DIFFERENCES, each judged there.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -69,3 +70,29 @@ def test_categories_with_numbers_or_symbols_are_rewritten(normalizer: SpokenNorm
     for row_category, sentence in _corpus():
         if row_category == category:
             assert normalizer.normalize(sentence) != sentence
+
+
+@pytest.fixture(scope="module")
+def composed(normalizer: SpokenNormalizer) -> SpokenNormalizer:
+    """The same grammars composed by pynini, as NeMo itself runs them (the walker off)."""
+    reference = SpokenNormalizer(normalizer.cache_dir, build_if_missing=False, walker=False, memo_size=0)
+    reference.load()
+    assert reference.status()["walker"] == "off"
+    return reference
+
+
+def test_the_shipped_normaliser_runs_the_walker(normalizer: SpokenNormalizer) -> None:
+    """CI has a C compiler, so the walker must be on there; elsewhere the fall-back is allowed."""
+    if normalizer.status()["walker"] != "on" and os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
+        pytest.skip(f"walker {normalizer.status()['walker']}")
+    assert normalizer.status()["walker"] == "on"
+
+
+def test_walker_speaks_every_sentence_as_pynini_does(normalizer: SpokenNormalizer, composed: SpokenNormalizer) -> None:
+    """The walker is the same grammars run another way: on agent sentences not one word may differ."""
+    backend, reference = normalizer._backend, composed._backend
+    assert backend is not None and reference is not None
+    for _, sentence in _corpus():
+        assert normalizer.normalize(sentence) == composed.normalize(sentence), sentence
+        whole = backend.normalize(sentence, punct_post_process=True)
+        assert whole == reference.normalize(sentence, punct_post_process=True), sentence
