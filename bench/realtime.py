@@ -15,7 +15,9 @@ another (never concurrently, so they do not steal CPU from each other), per engi
    HTTP and socket runs alternate, so both see the same machine.
 2. Barge-in: a long answer, `cancel` after its first audio frame: time to `cancelled` (target p95
    <= 100 ms), and when the engine's work stopped (target <= 200 ms): for Flite from the CPU time of
-   its replica process (psutil, sampled every 4 ms; /proc counts 10 ms ticks): the moment after which
+   its synthesis (inside the ingress, as shipped: the ingress's threads but its event loop, plus its
+   helper processes; in a deployment of its own: its replica process; psutil, sampled every 4 ms;
+   /proc counts 10 ms ticks): the moment after which
    it used at most one more tick in a 600 ms window, next to the CPU it used in that window and in an
    idle window; for Edge the moment the fake service saw the engine's connections close.
 3. Word timing: word start times on the socket against the engine's own timing, end to end: the
@@ -46,7 +48,7 @@ import random
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -279,21 +281,48 @@ async def normalization(
 
 
 # ---------------------------------------------------------------------------------- barge-in
-class CpuWatch:
-    """Samples a process's CPU time every 4 ms in a thread: when did it stop growing after a moment?"""
+class EngineCpu:
+    """The CPU seconds Flite's synthesis has used so far in one replica, never decreasing.
 
-    def __init__(self, pid: int) -> None:
+    In its own deployment (`FLITE_IN_PROCESS=false`) that is the replica process. Inside the
+    ingress (as shipped) it is the ingress's threads other than its main one (the event loop,
+    which keeps serving the socket) plus its helper processes, whose time is kept after a
+    cancelled one is killed.
+    """
+
+    def __init__(self, pid: int, in_ingress: bool) -> None:
         import psutil
 
         self._process = psutil.Process(pid)
+        self._in_ingress = in_ingress
+        self._helpers: dict[int, float] = {}
+
+    def __call__(self) -> float:
+        import psutil
+
+        if not self._in_ingress:
+            times = self._process.cpu_times()
+            return float(times.user + times.system)
+        threads = sum(t.user_time + t.system_time for t in self._process.threads() if t.id != self._process.pid)
+        for child in self._process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                times = child.cpu_times()
+                self._helpers[child.pid] = times.user + times.system
+        return float(threads + sum(self._helpers.values()))
+
+
+class CpuWatch:
+    """Samples a CPU counter every 4 ms in a thread: when did it stop growing after a moment?"""
+
+    def __init__(self, cpu: Callable[[], float]) -> None:
+        self._cpu = cpu
         self._samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            times = self._process.cpu_times()
-            self._samples.append((time.perf_counter(), times.user + times.system))
+            self._samples.append((time.perf_counter(), self._cpu()))
             time.sleep(0.004)
 
     def __enter__(self) -> CpuWatch:
@@ -341,8 +370,11 @@ async def barge_in(url: str, engine: str, runs: int, fake: Any | None, delay_s: 
     stops: list[float] = []
     used: list[float] = []
     idle: list[float] = []
-    pid = replica_pid("FliteEngine") if engine == "flite" else None
-    watch = CpuWatch(pid) if pid else None
+    watch: CpuWatch | None = None
+    if engine == "flite":
+        own, ingress = replica_pid("FliteEngine"), replica_pid("Ingress")
+        if own is not None or ingress is not None:
+            watch = CpuWatch(EngineCpu(own, False) if own is not None else EngineCpu(int(ingress or 0), True))
     with watch if watch is not None else contextlib.nullcontext():
         async with connect(ws_url(url)) as ws:
             await send(ws, "session.update", response_format="pcm", engine=engine)
@@ -381,7 +413,8 @@ async def barge_in(url: str, engine: str, runs: int, fake: Any | None, delay_s: 
     result: dict[str, Any] = {"cancel_ack_ms": summary_ms(acks)}
     if stops:
         how = (
-            "FliteEngine replica CPU: no more than one 10 ms tick used after this point (600 ms window)"
+            "Flite's CPU (its replica, or inside the ingress its synthesis threads and helpers): no more"
+            " than one 10 ms tick used after this point (600 ms window)"
             if watch else "fake Edge service saw the engine's sockets close"
         )
         result["engine_stopped_ms"] = {**summary_ms(stops), "measured_by": how}

@@ -8,16 +8,23 @@ normalisation then adds to time to first byte; the others are done while earlier
 Why NVIDIA NeMo text processing (`nemo_text_processing`, weighted finite-state grammars on pynini):
 it is maintained, Apache-2.0, and covers every class the issue names with one grammar. Measured on
 this project's 2-core machine it is also the correct one: WeTextProcessing's precompiled runtime
-(`wetext`) is 5-10x faster but says "$3.50" as "three point five dollars", drops the "one" of
-"$1,249.99", reads "1990s" as "... ninety seconds" and fails outright on "#1" and on double spaces.
+(`wetext`) says "$3.50" as "three point five dollars", drops the "one" of "$1,249.99", reads
+"1990s" as "... ninety seconds" and fails outright on "#1" and on double spaces.
 
 How it is configured, and why:
 - English, deterministic, `input_case="cased"`: one reading per input, and case is kept, so names
   and acronyms reach the engine as written. `punct_post_process=True` puts the input's punctuation
   spacing back (NeMo's recommended setting for TTS).
 - The grammars are compiled once into `.far` files in a directory named after the NeMo and pynini
-  versions (a library upgrade never loads stale grammars). Compiling takes about 30 s of CPU (30-50 s
-  wall on a busy 2-core machine); loading the cache about 0.7 s including the import.
+  versions (a library upgrade never loads stale grammars). Compiling takes about 20-30 s of CPU
+  (30-50 s wall on a busy 2-core machine); loading the cache about 0.5 s including the import.
+- NeMo's three grammar passes (tagger, verbaliser, post-processor) run in a small C walker
+  (`spoken_walk`, `tagger_runtime`), not in pynini's general composition: the same grammars and
+  weights, the same output on every corpus sentence, about 13x less time a sentence (the tagger's
+  markup arcs open every semiotic class at each token start; the walker only enters a grammar state
+  that can read the next character). The build step exports the grammars for it and compiles it;
+  without a C compiler, or with an older cache, NeMo composes with pynini as before, and
+  `status()["walker"]` says which and why.
 - The serving process never compiles. Compiling holds the GIL for tens of seconds, which would stall
   every stream of the replica, so a missing cache is built by a child process
   (`python -m serve_app.core.spoken --build-cache`, also what the install step runs), under a file
@@ -28,26 +35,23 @@ How it is configured, and why:
 - Most agent sentences have nothing to normalise. A pre-check built from NeMo's own data (its
   abbreviation whitelist and state list, plus any digit or symbol) finds the tokens that could
   change; a sentence without one costs microseconds. Only windows of two plain words around those
-  tokens go through the grammars: NeMo's cost grows faster than linearly with length (about 1 ms
-  per plain word, 10-15 ms per number), and no grammar spans two plain words on each side of a
+  tokens go through the grammars: NeMo's cost grows with length (its Python parser and
+  permutations too, not only the grammars), and no grammar spans two plain words on each side of a
   cut, so the result is that of the whole sentence. `bench.normalize --corpus` checks it: of 9,000
   sentences of package docs, 4,065 were skipped (NeMo would have changed one, for the worse:
   "'c' is" -> "C 'is") and 9 of the 4,935 windowed ones differ from the whole-sentence result, in
   version strings like "2.8.0", code, or an "and" inside a number. Long windows are cut at
   `max_window_tokens` and each call has a time budget, bounding how long one pathological input can
   hold the GIL.
-- Where the time goes (profiled on agent sentences): 90-95% in composing the text with NeMo's tagger
-  FST (161k states, 138k of its 345k arcs insert markup without reading input, so every token start
-  fans out into every semiotic class); choosing the best tagging, parsing, verbalising, the
-  post-processing FST and the punctuation pass take 0.1-0.4 ms each. A number costs 1.5-5 ms by
-  itself, "$1,249.99" or "March 21, 2024" about 9 ms and a phone number about 17 ms, a plain word
-  about 0.7 ms, so the windows save the plain words and not more; bench.normalize has the figures.
+- Where the time goes (profiled on the bench's number-dense sentences, 1.3-1.6 ms each): the
+  walker about 30%, NeMo's token parser and permutations most of the rest; pynini composing the
+  same grammars took 17-22 ms for them. `bench.normalize` has the figures per category.
 - The first call after loading pays about 10 ms more (lazy set-up inside pynini and NeMo), so loading
   ends by normalising one sentence that touches every class: the first request does not pay it.
 - Window results are memoised (NeMo is deterministic, so a window always gives the same words): an
   agent repeating a phone number, a price or "at 9 am" within a conversation pays once.
-- NeMo keeps per-call parser state, so one lock serialises calls; pynini holds the GIL while
-  composing anyway, so threads would not run them in parallel.
+- NeMo keeps per-call parser state, so one lock serialises calls. The walker runs without the GIL
+  (ctypes drops it), so the replica's event loop keeps going meanwhile; pynini holds it.
 - NeMo logs whole input texts; its records are truncated with `config.logging.truncate` and its own
   stderr handler is removed, so they go through the application's sanitising handlers.
 - Anything going wrong returns the input unchanged: normalisation improves speech, it must never

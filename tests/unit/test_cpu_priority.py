@@ -89,6 +89,35 @@ async def test_a_synthesis_ending_before_its_due_time_leaves_its_thread_normal()
     assert nice_of(threading.get_native_id()) == cpu.base
 
 
+async def test_a_synthesis_left_early_runs_normal_while_it_winds_down() -> None:
+    """A barge-in closes the stream and then waits for the synthesis thread to reach its stop check:
+    that wait must not run at the look-ahead priority."""
+    cpu = CpuPriority(10)
+    job = cpu.job(10_000)
+    assert job is not None
+    attached = threading.Event()
+    release = threading.Event()
+    during_wind_down: list[int] = []
+
+    def synthesis() -> None:
+        tid = threading.get_native_id()
+        job.attach(tid)
+        attached.set()
+        release.wait(5)
+        during_wind_down.append(nice_of(tid))  # the thread still working after the stream was closed
+        job.detach()
+
+    worker = threading.Thread(target=synthesis)
+    with pytest.raises(GeneratorExit), job.timed():
+        worker.start()
+        assert await asyncio.to_thread(attached.wait, 5)
+        assert lowered_threads(cpu)
+        raise GeneratorExit  # what closing the engine's stream raises at its `yield`
+    release.set()
+    await asyncio.to_thread(worker.join)
+    assert during_wind_down == [cpu.base]
+
+
 def test_due_work_is_never_lowered() -> None:
     cpu = CpuPriority(10)
     assert cpu.job(PRIORITY_NEW) is None  # a new answer's first sentence: its listener is waiting
