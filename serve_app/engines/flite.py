@@ -188,6 +188,13 @@ class PieceGatherer:
         return piece
 
 
+class StopFlag(Protocol):
+    """Asked at every flite audio callback (and before a queued synthesis starts): stop now?
+    A `threading.Event` in-process; in a helper, a check for its parent's cancel message."""
+
+    def is_set(self) -> bool: ...
+
+
 class FliteBackend(Protocol):
     """Synthesizes one text to `STARTED`, then (sample_rate, pcm bytes) pieces and word marks."""
 
@@ -286,7 +293,7 @@ class FliteLibrary:
         voice: str,
         speed: float,
         emit: Callable[[int, bytes], None],
-        cancelled: threading.Event,
+        cancelled: StopFlag,
         emit_words: Callable[[list[WordMark]], None] | None = None,
         emit_started: Callable[[], None] | None = None,
     ) -> None:
@@ -330,7 +337,7 @@ class FliteLibrary:
         voice: str,
         speed: float,
         callback: Any,
-        cancelled: threading.Event,
+        cancelled: StopFlag,
         emit_started: Callable[[], None] | None,
     ) -> None:
         """One synthesis, with libflite's lock held."""
@@ -359,7 +366,7 @@ class FliteLibrary:
         voice: str,
         speed: float,
         send: Callable[[FlitePiece | list[WordMark]], None],
-        cancelled: threading.Event,
+        cancelled: StopFlag,
         started: bool = False,
     ) -> tuple[int, bytes] | None:
         """One synthesis as it travels, blocking (a worker thread, or a helper's loop): `STARTED`

@@ -103,7 +103,11 @@ async def test_abandoning_a_stream_a_helper_speaks_frees_the_helper_before_close
         assert await spoken.__anext__() == b"" and await spoken.__anext__()
         assert workers.busy == 1
         await spoken.aclose()
-        assert workers.busy == 0  # freed now, not when the garbage collector gets to it
+        # Freed now, not when the garbage collector gets to it: the helper stops the sentence where
+        # it is and is free for the next request, which waits the milliseconds that takes.
+        assert workers.free and not workers._calls
+        await asyncio.gather(*workers._draining)
+        assert workers.busy == 0 and len(workers._idle) == 1
         await held.aclose()
     finally:
         workers.close()
@@ -165,17 +169,79 @@ async def spoken(workers: FliteWorkers, text: str) -> tuple[bytes, list[WordMark
     return b"".join(pcm for _, pcm in audio), [p for p in pieces if isinstance(p, WordMark)], len(audio)
 
 
-async def test_a_helper_whose_caller_left_is_replaced() -> None:
+async def test_a_helper_whose_caller_left_stops_and_is_reused() -> None:
+    """A barge-in stops the helper's synthesis where it is and keeps the helper: no new start."""
     workers = FliteWorkers(1)
     try:
-        first = asyncio.ensure_future(spoken(workers, LONG * 10))
-        await asyncio.sleep(0.5)  # the helper is busy with it
+        await spoken(workers, "Warm.")
+        (helper,) = workers._idle
+        audio = asyncio.Event()
+
+        async def listen() -> None:
+            async for piece in workers.stream(LONG * 60, "slt", 1.0):  # a minute of speech or more
+                if isinstance(piece, tuple):
+                    audio.set()
+
+        first = asyncio.ensure_future(listen())
+        await audio.wait()  # the helper is busy with it
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first
         pcm, marks, _ = await spoken(workers, "Still speaking.")
-        assert len(pcm) > 0 and [m.word for m in marks] == ["still", "speaking"]
-        assert workers._started == 2 and workers.busy == 0
+        assert len(pcm) > 0 and [m.word for m in marks] == ["still", "speaking"]  # nothing of the old one
+        assert workers._started == 1 and workers.busy == 0 and workers._idle == [helper]
+        assert helper.proc.poll() is None
+    finally:
+        workers.close()
+
+
+async def test_a_caller_leaving_between_pieces_leaves_the_helper_reusable() -> None:
+    """Closed at a `yield` (what a client's barge-in does to the engine's stream), mid-sentence."""
+    workers = FliteWorkers(1)
+    try:
+        stream = workers.stream(LONG * 10, "slt", 1.0)
+        while not isinstance(await stream.__anext__(), tuple):
+            pass  # the word marks, then the first piece of audio
+        await stream.aclose()  # type: ignore[attr-defined]
+        while workers._draining:
+            await asyncio.sleep(0.01)
+        pcm, marks, _ = await spoken(workers, "Next answer.")
+        assert len(pcm) > 0 and [m.word for m in marks] == ["next", "answer"]
+        assert workers._started == 1 and workers.busy == 0
+    finally:
+        workers.close()
+
+
+async def test_a_cancel_that_comes_after_its_request_ended_stops_nothing() -> None:
+    """The helper's own protocol: a late cancel is for a call that is over, so the next call runs whole."""
+    workers = FliteWorkers(1)
+    try:
+        whole, _, _ = await spoken(workers, "Exactly the same sentence.")
+        (helper,) = workers._idle
+        helper.send(("cancel", 0))  # call 0 ended above
+        again, marks, _ = await spoken(workers, "Exactly the same sentence.")
+        # Whole: as long as before, every word (flite's samples differ in their last bits run to run).
+        assert len(again) == len(whole) and [m.word for m in marks] == ["exactly", "the", "same", "sentence"]
+    finally:
+        workers.close()
+
+
+async def test_a_caller_cancelled_while_its_helper_starts_leaves_the_helper_to_the_pool() -> None:
+    workers = FliteWorkers(1)
+    try:
+        waiting = asyncio.ensure_future(spoken(workers, "Never spoken."))
+        await asyncio.sleep(0)  # it is starting the helper
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        for _ in range(500):  # the start goes on without its caller
+            if workers._idle:
+                break
+            await asyncio.sleep(0.01)
+        (helper,) = workers._idle
+        assert helper.proc.poll() is None and workers._started == 1
+        pcm, _, _ = await spoken(workers, "Spoken by the kept helper.")
+        assert len(pcm) > 0 and workers._started == 1
     finally:
         workers.close()
 
