@@ -188,6 +188,11 @@ class PieceGatherer:
         return piece
 
 
+# libflite's state is the process's, not an object's: every `FliteLibrary` in a process (an engine,
+# a closed engine whose cancelled synthesis is still winding down, a bench's own) takes this one lock.
+_LIBFLITE_LOCK = threading.Lock()
+
+
 class StopFlag(Protocol):
     """Asked at every flite audio callback (and before a queued synthesis starts): stop now?
     A `threading.Event` in-process; in a helper, a check for its parent's cancel message."""
@@ -248,7 +253,7 @@ class FliteLibrary:
         self._lib.ffeature_float.restype = ctypes.c_float
         self._lib.ffeature_float.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         self._voices: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self._lock = _LIBFLITE_LOCK
         self._busy_since: float | None = None
 
     @property
@@ -426,10 +431,19 @@ class FliteLibrary:
                 yield item  # `STARTED`, or a (rate, pcm) piece
         finally:
             cancelled.set()
-            # After its end the thread has nothing left to do (the library's lock is released):
-            # not waiting for it lets the caller finish the sentence without another wake-up.
-            if not finished and not worker.done():
-                await asyncio.shield(worker)
+            # Not waited for. After its end the thread has nothing left to do. Left early (a
+            # barge-in), it stops at flite's next audio callback, which can be the rest of a long
+            # sentence's front end (tens of milliseconds): the caller need not wait for that to say
+            # "cancelled". Until the thread lets go of libflite, `busy` stays true, so new requests
+            # go to a helper meanwhile (or wait for libflite's lock, and say so with `STARTED`).
+            if not finished:
+                worker.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """A synthesis thread nobody waits for: its outcome was delivered through the mailbox already."""
+    if not future.cancelled():
+        future.exception()
 
 
 class _Mailbox:
