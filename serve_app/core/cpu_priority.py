@@ -50,6 +50,9 @@ def _probe(base: int, step: int) -> str | None:
     return problem[0] if problem else None
 
 
+LOWEST_NICE = 19
+
+
 class CpuPriority:
     """The nice values a replica's syntheses run at: the replica's own while due, `lookahead_nice`
     above it while they have slack. `lookahead_nice=0` turns it off."""
@@ -64,11 +67,12 @@ class CpuPriority:
         return self.problem is None
 
     def job(self, priority: int) -> JobPriority | None:
-        """What one synthesis queued at `priority` (`serve_app.core.gate`) runs at; None when it
-        runs at the normal priority throughout (it is due, or this is off)."""
-        if not self.enabled or priority <= 0:
+        """What one synthesis queued at `priority` (`serve_app.core.gate`) runs at: lowered while it
+        has slack (due work never is), and at the lowest priority once abandoned; None when this is
+        off."""
+        if not self.enabled:
             return None
-        return JobPriority(self, due_at(priority))
+        return JobPriority(self, due_at(priority) if priority > 0 else -1.0)
 
     def set(self, thread_id: int, nice: int) -> None:
         """`thread_id` (a thread's native id, or a single-threaded process's pid) to `nice`; a
@@ -78,8 +82,10 @@ class CpuPriority:
 
 
 class JobPriority:
-    """One look-ahead synthesis: lowered on the thread that runs it while it has slack, normal from
-    its due time (a timer on the event loop) and after it ends.
+    """One synthesis: lowered on the thread that runs it while it has slack, normal from its due
+    time (a timer on the event loop) and after it ends. Abandoned (a barge-in closed its stream,
+    and it stops at its next check), it runs at the lowest priority until it ends: work nobody
+    will hear yields the cores to the replica's event loop and to due work.
 
     `attach` and `detach` may be called from the synthesis thread itself, the due-time timer runs on
     the loop: a lock keeps a late `attach` from lowering a synthesis that has already fallen due."""
@@ -89,6 +95,7 @@ class JobPriority:
         self._due = due  # time.monotonic()
         self._lock = threading.Lock()
         self._thread: int | None = None
+        self._abandoned = False
 
     @contextlib.contextmanager
     def timed(self) -> Iterator[None]:
@@ -99,22 +106,33 @@ class JobPriority:
         timer = asyncio.get_running_loop().call_later(max(0.0, self._due - time.monotonic()), self.fall_due)
         try:
             yield
+        except BaseException:  # left early: closed (a barge-in), cancelled or failed
+            self.abandon()
+            raise
         finally:
             timer.cancel()
-            self.fall_due()
 
     def attach(self, thread_id: int) -> None:
         """The synthesis runs on `thread_id` from now: lowered unless already due."""
         with self._lock:
             self._thread = thread_id
-            if time.monotonic() < self._due:
+            if self._abandoned:
+                self._cpu.set(thread_id, LOWEST_NICE)
+            elif time.monotonic() < self._due:
                 self._cpu.set(thread_id, self._cpu.base + self._cpu.lookahead_nice)
 
     def fall_due(self) -> None:
         with self._lock:
             self._due = -1.0
-            if self._thread is not None:
+            if self._thread is not None and not self._abandoned:
                 self._cpu.set(self._thread, self._cpu.base)
+
+    def abandon(self) -> None:
+        """Nobody waits for this synthesis any more: the lowest priority until `detach`."""
+        with self._lock:
+            self._abandoned = True
+            if self._thread is not None:
+                self._cpu.set(self._thread, LOWEST_NICE)
 
     def detach(self) -> None:
         """The synthesis has ended: its thread (or helper) back at the normal priority for its next one."""

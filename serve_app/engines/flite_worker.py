@@ -227,7 +227,10 @@ class FliteWorkers:
                     logger.warning("flite helper died (%s); the sentence goes to a new one", type(exc).__name__)
                     continue
                 except (GeneratorExit, asyncio.CancelledError):
-                    self._stop_in_place(helper, call)  # a barge-in: the helper stops and is kept
+                    # A barge-in: the helper stops and is kept; it runs at the lowest priority until
+                    # it has (the drain puts it back to normal).
+                    self._stop_in_place(helper, call, job)
+                    job = None
                     raise
                 except BaseException:
                     self._end(helper)  # failed: replaced
@@ -246,25 +249,32 @@ class FliteWorkers:
             await asyncio.wait(set(self._draining), return_when=asyncio.FIRST_COMPLETED)
         return self._idle.pop() if self._idle else await self._start()
 
-    def _stop_in_place(self, helper: _Helper, call: int) -> None:
+    def _stop_in_place(self, helper: _Helper, call: int, job: JobPriority | None) -> None:
         """Tell `helper` to stop `call` and take it back once it has: see the module docstring."""
+        if job is not None:
+            job.abandon()
         try:
             helper.send(("cancel", call))
             loop = asyncio.get_running_loop()
         except (OSError, RuntimeError):  # the helper is gone, or no loop to drain it on
+            if job is not None:
+                job.detach()
             self._end(helper)
             return
-        task = loop.create_task(self._drain(helper))
+        task = loop.create_task(self._drain(helper, job))
         self._draining.add(task)
         task.add_done_callback(self._draining.discard)
 
-    async def _drain(self, helper: _Helper) -> None:
+    async def _drain(self, helper: _Helper, job: JobPriority | None) -> None:
         try:
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
                 await helper.drain()
         except BaseException:  # stalled, dead, or the engine is closing
             self._end(helper)
             raise
+        finally:
+            if job is not None:
+                job.detach()  # back to the normal priority for its next request
         self._keep(helper)
 
     async def _start(self) -> _Helper:

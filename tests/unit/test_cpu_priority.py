@@ -14,7 +14,7 @@ import pytest
 from serve_app.core import cpu_priority
 from serve_app.core.cpu_priority import CpuPriority
 from serve_app.core.gate import PRIORITY_NEW, PRIORITY_PLAYING
-from serve_app.engines.flite import FliteEngine
+from serve_app.engines.flite import FliteEngine, FliteLibrary
 
 LONG = "This sentence is long enough that flite streams it out in several pieces as it goes along."
 
@@ -89,11 +89,12 @@ async def test_a_synthesis_ending_before_its_due_time_leaves_its_thread_normal()
     assert nice_of(threading.get_native_id()) == cpu.base
 
 
-async def test_a_synthesis_left_early_runs_normal_while_it_winds_down() -> None:
-    """A barge-in closes the stream and then waits for the synthesis thread to reach its stop check:
-    that wait must not run at the look-ahead priority."""
+@pytest.mark.parametrize("priority", [PRIORITY_NEW, 10_000])
+async def test_a_synthesis_left_early_yields_the_cores_until_it_ends(priority: int) -> None:
+    """A barge-in closes the stream; the synthesis goes on to its next stop check with nobody
+    waiting for it, at the lowest priority (due or not), and its thread is normal again after."""
     cpu = CpuPriority(10)
-    job = cpu.job(10_000)
+    job = cpu.job(priority)
     assert job is not None
     attached = threading.Event()
     release = threading.Event()
@@ -106,22 +107,32 @@ async def test_a_synthesis_left_early_runs_normal_while_it_winds_down() -> None:
         release.wait(5)
         during_wind_down.append(nice_of(tid))  # the thread still working after the stream was closed
         job.detach()
+        during_wind_down.append(nice_of(tid))
 
     worker = threading.Thread(target=synthesis)
     with pytest.raises(GeneratorExit), job.timed():
         worker.start()
         assert await asyncio.to_thread(attached.wait, 5)
-        assert lowered_threads(cpu)
+        assert bool(lowered_threads(cpu)) == (priority > 0)  # due work runs at the normal priority
         raise GeneratorExit  # what closing the engine's stream raises at its `yield`
     release.set()
     await asyncio.to_thread(worker.join)
-    assert during_wind_down == [cpu.base]
+    assert during_wind_down == [cpu_priority.LOWEST_NICE, cpu.base]
 
 
-def test_due_work_is_never_lowered() -> None:
+def test_due_work_is_never_lowered_while_it_runs() -> None:
     cpu = CpuPriority(10)
-    assert cpu.job(PRIORITY_NEW) is None  # a new answer's first sentence: its listener is waiting
-    assert cpu.job(PRIORITY_PLAYING) is None  # a sentence its listener is about to need
+    tid = threading.get_native_id()
+    try:
+        # A new answer's first sentence (its listener is waiting), a sentence about to be needed.
+        for priority in (PRIORITY_NEW, PRIORITY_PLAYING):
+            job = cpu.job(priority)
+            assert job is not None
+            job.attach(tid)
+            assert nice_of(tid) == cpu.base
+            job.detach()
+    finally:
+        os.setpriority(os.PRIO_PROCESS, tid, cpu.base)
     off = CpuPriority(0)
     assert not off.enabled and off.job(5000) is None and "off" in (off.problem or "")
 
@@ -172,5 +183,42 @@ async def test_flite_runs_look_ahead_lowered_in_process_and_in_its_helper_and_du
         [piece async for piece in ahead]
         assert [h.nice() for h in helpers] == [cpu.base] * len(helpers)  # normal for their next request
         await due.aclose()
+    finally:
+        engine.close()
+
+
+async def test_a_helper_left_mid_sentence_winds_down_lowest_then_serves_normal() -> None:
+    """A barge-in on a sentence a helper speaks: the helper stops in place at the lowest priority,
+    and is back at the normal one, in the pool, once it has."""
+    cpu = CpuPriority(10)
+    others = {child.pid for child in psutil.Process().children()}  # processes of earlier tests
+    engine = FliteEngine(backend="library", overflow_processes=1, cpu_priority=cpu)
+    assert engine._helpers is not None
+    workers = engine._helpers.workers
+    try:
+        workers.prestart()
+        assert workers._filling is not None
+        await workers._filling  # its one helper, started before any request
+        library = engine._backend
+        assert isinstance(library, FliteLibrary)
+        for _ in range(500):  # an earlier test's abandoned synthesis may still be winding down
+            if not library.busy:
+                break
+            await asyncio.sleep(0.01)
+        held = engine.synthesize(LONG * 30, priority=PRIORITY_NEW)  # libflite is taken ...
+        assert await held.__anext__() == b""
+        spoken = engine.synthesize(LONG * 30, priority=PRIORITY_NEW)  # ... so a helper speaks this one
+        assert await spoken.__anext__() == b""
+        await spoken.__anext__()
+        (helper,) = [child for child in psutil.Process().children() if child.pid not in others]
+        assert helper.nice() == cpu.base  # due work: normal
+        await spoken.aclose()  # type: ignore[attr-defined]
+        draining = list(workers._draining)
+        if draining:  # it may already have stopped, between two audio callbacks
+            assert helper.nice() == cpu_priority.LOWEST_NICE
+            await asyncio.gather(*draining)
+        assert helper.nice() == cpu.base
+        assert [kept.proc.pid for kept in workers._idle] == [helper.pid] and workers._started == 1  # kept
+        await held.aclose()  # type: ignore[attr-defined]
     finally:
         engine.close()
