@@ -38,7 +38,8 @@ class CapacitySignal:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(future)
         try:
-            await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):  # not `wait_for`: it can swallow a cancel (Python 3.11)
+                await future
         except TimeoutError:
             pass
         finally:

@@ -754,7 +754,14 @@ class FallbackRouter:
             # only such an engine is held to `start_by` (and waiting for it is busy, never a strike).
             start_limit = min(deadline, start_by) if start_by is not None and slot.client.reports_start else deadline
             try:
-                rate = await asyncio.wait_for(slot.client.sample_rate(), max(0.0, start_limit - loop.time()))
+                # `asyncio.timeout`, not `wait_for`: on Python 3.11 `wait_for` swallows a cancel that
+                # arrives once its inner call is done (here almost at once, in-process), and the
+                # sentence went on to be spoken whole after a barge-in had cancelled it.
+                async with asyncio.timeout(max(0.0, start_limit - loop.time())):
+                    # Two loop turns, as `wait_for` took: sentences launched together interleave as before.
+                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)
+                    rate = await slot.client.sample_rate()
             except TimeoutError:
                 if slot.client.reports_start:  # a deployment that takes no request yet (no replica)
                     raise EngineBusy("engine info not in time (no replica ready)") from None

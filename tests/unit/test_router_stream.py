@@ -201,3 +201,52 @@ async def test_a_sentence_source_that_fails_ends_the_stream_with_its_error(rig: 
         async for _ in stream:
             pass
     assert await rig.in_flight() == [0, 0, 0]
+
+
+async def test_a_cancelled_stream_cancels_look_ahead_sentences_at_any_moment_of_their_start() -> None:
+    """Barge-in: cancelling the reader right after its first audio (when look-ahead sentences are
+    just starting) must cancel those too, whichever step of their start they are at. Python 3.11's
+    `wait_for` swallowed a cancel that came as its inner call finished, and the sentence was then
+    spoken whole, its engine busy for nothing."""
+    from serve_app.engines.flite import FliteEngine
+
+    finished: list[str] = []
+
+    class Recording(FliteEngine):
+        async def synthesize(  # type: ignore[override]
+            self, text: str, voice: str | None = None, *, language: str | None = None, speed: float = 1.0,
+            priority: int = 0,
+        ) -> AsyncIterator[bytes]:
+            yield b"\0\0" * 800
+            for _ in range(20):  # the rest comes over several loop turns
+                await asyncio.sleep(0)
+                yield b"\0\0" * 800
+            finished.append(text)
+
+    router = FallbackRouter({"flite": LocalEngineClient(Recording(backend="binary"))}, RouterConfig())
+    try:
+        for turns in range(8):  # cancel 0..7 loop turns after the first audio: every start step
+            first = asyncio.Event()
+
+            async def read(first: asyncio.Event = first) -> None:
+                async def sentences() -> AsyncIterator[str]:
+                    for n in range(4):
+                        yield f"Sentence number {n} of the answer."
+                    await asyncio.Event().wait()
+
+                request = SpeechRequest("x", sample_rate=16000, normalize=False)
+                async for chunk in router.stream(request, sentences()):
+                    if chunk.pcm:
+                        first.set()
+
+            reader = asyncio.ensure_future(read())
+            await first.wait()
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            reader.cancel()
+            await asyncio.wait([reader])
+            for _ in range(40):
+                await asyncio.sleep(0)  # anything not cancelled would run to its end now
+            assert finished == [], f"spoken whole after a cancel {turns} turns after the first audio"
+    finally:
+        await router.aclose()
