@@ -266,12 +266,17 @@ class FliteWorkers:
         task.add_done_callback(self._draining.discard)
 
     async def _drain(self, helper: _Helper, job: JobPriority | None) -> None:
+        """In the background; nobody awaits it, so a failure is logged here and the helper ended."""
         try:
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
                 await helper.drain()
-        except BaseException:  # stalled, dead, or the engine is closing
+        except asyncio.CancelledError:  # the engine is closing
             self._end(helper)
             raise
+        except Exception as exc:  # stalled or dead: a new helper replaces it when one is needed
+            logger.info("flite helper did not finish a cancelled request (%s); ended", type(exc).__name__)
+            self._end(helper)
+            return
         finally:
             if job is not None:
                 job.detach()  # back to the normal priority for its next request

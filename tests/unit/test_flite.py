@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from typing import Any
 
@@ -215,6 +216,32 @@ async def test_a_caller_leaving_between_pieces_leaves_the_helper_reusable() -> N
         pcm, marks, _ = await spoken(workers, "Next answer.")
         assert len(pcm) > 0 and [m.word for m in marks] == ["next", "answer"]
         assert workers._started == 1 and workers.busy == 0
+    finally:
+        workers.close()
+
+
+async def test_a_helper_that_does_not_finish_a_cancelled_request_is_ended_and_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import signal
+
+    from serve_app.engines import flite_worker
+
+    monkeypatch.setattr(flite_worker, "DRAIN_TIMEOUT_S", 0.3)
+    workers = FliteWorkers(1)
+    try:
+        await spoken(workers, "Warm.")
+        (helper,) = workers._idle  # the one that speaks next
+        stream = workers.stream(LONG * 10, "slt", 1.0)
+        while not isinstance(await stream.__anext__(), tuple):
+            pass
+        os.kill(helper.proc.pid, signal.SIGSTOP)  # a helper that hangs: it will never answer the cancel
+        await stream.aclose()  # type: ignore[attr-defined]
+        await asyncio.gather(*workers._draining)
+        assert helper.proc.wait(5) is not None  # ended, not left stopped
+        pcm, marks, _ = await spoken(workers, "A new helper.")
+        assert len(pcm) > 0 and [m.word for m in marks] == ["a", "new", "helper"]
+        assert workers._started == 2 and workers._live == 1
     finally:
         workers.close()
 
