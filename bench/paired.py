@@ -61,6 +61,25 @@ class ProcessTree:
         self._signal(signal.SIGCONT)
 
 
+def tree_cpu(pid: int) -> Callable[[], float]:
+    """CPU seconds so far of `pid` and all its descendants, including their waited-for children
+    (flite processes a server ran and reaped). Processes that ended unwaited are not seen."""
+    seen: dict[int, float] = {}
+
+    tree = ProcessTree(pid)
+
+    def read() -> float:
+        for proc in tree.processes():
+            try:
+                t = proc.cpu_times()
+                seen[proc.pid] = t.user + t.system + t.children_user + t.children_system
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return sum(seen.values())
+
+    return read
+
+
 class Side:
     """One of the two servers: where it answers, and how to stop and resume all of it."""
 

@@ -54,10 +54,12 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.common import timed_post
 from bench.normalize_stream import llm_tokens
+from bench.paired import tree_cpu
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank."
 OPEN_SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank"
@@ -281,34 +283,26 @@ async def normalization(
 
 
 # ---------------------------------------------------------------------------------- barge-in
-class EngineCpu:
-    """The CPU seconds Flite's synthesis has used so far in one replica, never decreasing.
+def flite_cpu(pid: int, in_ingress: bool) -> Callable[[], float]:
+    """The CPU seconds Flite's synthesis has used so far in one replica (`bench.paired.tree_cpu`:
+    the process and its helper processes, ended ones included).
 
-    In its own deployment (`FLITE_IN_PROCESS=false`) that is the replica process. Inside the
-    ingress (as shipped) it is the ingress's threads other than its main one (the event loop,
-    which keeps serving the socket) plus its helper processes, whose time is kept after a
-    cancelled one is killed.
+    In its own deployment (`FLITE_IN_PROCESS=false`) that is the replica's whole tree. Inside the
+    ingress (as shipped) the ingress's main thread is left out: it is the event loop, which keeps
+    serving the socket.
     """
+    tree = tree_cpu(pid)
+    if not in_ingress:
+        return tree
+    process = psutil.Process(pid)
 
-    def __init__(self, pid: int, in_ingress: bool) -> None:
-        import psutil
+    def read() -> float:
+        with contextlib.suppress(psutil.Error):
+            loop_thread = next(t.user_time + t.system_time for t in process.threads() if t.id == pid)
+            return tree() - loop_thread
+        return tree()
 
-        self._process = psutil.Process(pid)
-        self._in_ingress = in_ingress
-        self._helpers: dict[int, float] = {}
-
-    def __call__(self) -> float:
-        import psutil
-
-        if not self._in_ingress:
-            times = self._process.cpu_times()
-            return float(times.user + times.system)
-        threads = sum(t.user_time + t.system_time for t in self._process.threads() if t.id != self._process.pid)
-        for child in self._process.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                times = child.cpu_times()
-                self._helpers[child.pid] = times.user + times.system
-        return float(threads + sum(self._helpers.values()))
+    return read
 
 
 class CpuWatch:
@@ -355,8 +349,6 @@ class CpuWatch:
 def replica_pid(deployment: str) -> int | None:
     """The process of a replica of our own cluster (a descendant of this process: other people's
     clusters on the host are left out), found by the title Ray gives it."""
-    import psutil
-
     for process in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
             if f"ServeReplica:tts:{deployment}" in " ".join(process.cmdline()):
@@ -374,7 +366,7 @@ async def barge_in(url: str, engine: str, runs: int, fake: Any | None, delay_s: 
     if engine == "flite":
         own, ingress = replica_pid("FliteEngine"), replica_pid("Ingress")
         if own is not None or ingress is not None:
-            watch = CpuWatch(EngineCpu(own, False) if own is not None else EngineCpu(int(ingress or 0), True))
+            watch = CpuWatch(flite_cpu(own, False) if own is not None else flite_cpu(int(ingress or 0), True))
     with watch if watch is not None else contextlib.nullcontext():
         async with connect(ws_url(url)) as ws:
             await send(ws, "session.update", response_format="pcm", engine=engine)

@@ -51,11 +51,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import psutil
 import yaml
 
 from bench.common import Timing, free_port, median_ms, timed_post
-from bench.paired import ProcessTree, Side, measure_paired
+from bench.paired import ProcessTree, Side, measure_paired, tree_cpu
 from serve_app.engines.flite_lib import choose
 from serve_app.launch import adopt_orphans, end_orphans
 
@@ -176,25 +175,6 @@ async def throughput(
         cpu_used = cpu() - cpu_before
         client_used = time.process_time() - client_before
     return requests / elapsed, results, cpu_used, client_used
-
-
-def tree_cpu(pid: int) -> Callable[[], float]:
-    """CPU seconds so far of `pid` and all its descendants, including their waited-for children
-    (flite processes a server ran and reaped). Processes that ended unwaited are not seen."""
-    seen: dict[int, float] = {}
-
-    tree = ProcessTree(pid)
-
-    def read() -> float:
-        for proc in tree.processes():
-            try:
-                t = proc.cpu_times()
-                seen[proc.pid] = t.user + t.system + t.children_user + t.children_system
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        return sum(seen.values())
-
-    return read
 
 
 def percentile_ms(values: list[float], q: float) -> float:
