@@ -100,9 +100,8 @@ class JobPriority:
     @contextlib.contextmanager
     def timed(self) -> Iterator[None]:
         """Around the synthesis, on the event loop: at its due time it runs at the normal priority,
-        however long it has been running. Left early (a barge-in closed the stream) it is due at
-        once: whoever closed it waits for the synthesis to reach its next stop check, and at a
-        look-ahead priority on busy cores that wait was seen to take half a second."""
+        however long it has been running. Left early (a barge-in closed the stream, or it failed)
+        it is abandoned: nobody waits for it to reach its next stop check, so it yields the cores."""
         timer = asyncio.get_running_loop().call_later(max(0.0, self._due - time.monotonic()), self.fall_due)
         try:
             yield

@@ -20,7 +20,7 @@ How it is configured, and why:
   (30-50 s wall on a busy 2-core machine); loading the cache about 0.5 s including the import.
 - NeMo's three grammar passes (tagger, verbaliser, post-processor) run in a small C walker
   (`spoken_walk`, `tagger_runtime`), not in pynini's general composition: the same grammars and
-  weights, the same output on every corpus sentence, about 13x less time a sentence (the tagger's
+  weights, the same output on every corpus sentence, about 10x less time a sentence (the tagger's
   markup arcs open every semiotic class at each token start; the walker only enters a grammar state
   that can read the next character). The build step exports the grammars for it and compiles it;
   without a C compiler, or with an older cache, NeMo composes with pynini as before, and
@@ -329,7 +329,6 @@ class SpokenNormalizer:
         self.walker = walker
         # "on", or why NeMo composes with pynini instead (off by choice, no compiler, old cache ...).
         self.walker_status = "not loaded"
-        self._walkers: spoken_walk.Walkers | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -413,7 +412,7 @@ class SpokenNormalizer:
             self._state = State.LOADING
             triggers = _load_triggers()
             backend = _new_backend(final)
-            self._walkers = self._attach_walkers(backend, final)
+            self._attach_walkers(backend, final)
             _warm(backend)
         except Exception as exc:
             with self._state_lock:
@@ -429,20 +428,20 @@ class SpokenNormalizer:
         self._ready_event.set()
         logger.info("spoken-form normaliser (%s) ready in %.2f s", self.language, self.load_seconds)
 
-    def _attach_walkers(self, backend: _Backend, directory: Path) -> spoken_walk.Walkers | None:
-        """Run NeMo's grammar passes in the C walker (about 20x faster); pynini's composition if it cannot."""
+    def _attach_walkers(self, backend: _Backend, directory: Path) -> None:
+        """Run NeMo's grammar passes in the C walker (about 10x faster a sentence); pynini's
+        composition if it cannot. The backend's methods hold the walkers from then on."""
         if not self.walker:
             self.walker_status = "off"
-            return None
+            return
         try:
             walkers = spoken_walk.load(directory)
         except Exception as exc:
             self.walker_status = truncate(f"off: {type(exc).__name__}: {exc}", 200)
-            logger.warning("spoken-form grammars run through pynini, about 20x slower (%s)", self.walker_status)
-            return None
+            logger.warning("spoken-form grammars run through pynini, about 10x slower (%s)", self.walker_status)
+            return
         spoken_walk.attach(backend, walkers)
         self.walker_status = "on"
-        return walkers
 
     def _build_in_child(self) -> None:
         """Compile in a child process: pynini holds the GIL while compiling, which would stall the replica."""

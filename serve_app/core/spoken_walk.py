@@ -12,7 +12,6 @@ empty lattice pynini would have given, so NeMo's own fall-backs still apply.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable
@@ -26,7 +25,6 @@ logger = logging.getLogger(__name__)
 
 # Attribute of NeMo's Normalizer holding each grammar -> the file it is exported to.
 GRAMMARS: Final = {"tagger": "tagger.ntg", "verbalizer": "verbalizer.ntg", "post_processor": "post_processing.ntg"}
-STATUS_FILE: Final = "walker.json"
 _ESCAPED = re.compile(r"\\(.)", re.DOTALL)
 
 
@@ -36,7 +34,8 @@ def _unescape(text: str) -> str:
 
 
 def export(backend: Any, directory: Path) -> dict[str, Any]:
-    """Write the grammars and compile the walker into `directory`; returns what happened (never raises).
+    """Write the grammars and compile the walker into `directory`; returns what happened, for the
+    cache's build.json (never raises).
 
     A machine without a C compiler still gets its grammars: NeMo then composes with pynini.
     """
@@ -48,7 +47,6 @@ def export(backend: Any, directory: Path) -> dict[str, Any]:
         status["ok"] = True
     except Exception as exc:
         status["error"] = f"{type(exc).__name__}: {exc}"[:300]
-    (directory / STATUS_FILE).write_text(json.dumps(status, indent=2) + "\n")
     return status
 
 
@@ -59,10 +57,6 @@ class Walkers:
     tagger: FstRuntime
     verbalizer: FstRuntime
     post_processor: FstRuntime
-
-    def close(self) -> None:
-        for runtime in (self.tagger, self.verbalizer, self.post_processor):
-            runtime.close()
 
 
 def load(directory: Path) -> Walkers:
